@@ -1,0 +1,53 @@
+"""Plain, obviously-correct reference implementations (not for training).
+
+They gather the full vocabulary, compute in float64 (or the dtype given) with autograd doing the
+gradients, and exist so the fast kernels in :mod:`vocab_parallel` have something simple to be
+compared against. Same signatures and return values as the fast functions.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from megatron_mile.losses.vocab_parallel import _tp_group
+
+
+def _gather_vocab(vocab_parallel_logits: torch.Tensor, tp_group) -> torch.Tensor:
+    """All-gather the vocabulary shards (differentiable: each rank keeps its slice's gradient)."""
+    world = dist.get_world_size(tp_group) if dist.is_initialized() else 1
+    if world == 1:
+        return vocab_parallel_logits
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    return gather_from_tensor_model_parallel_region(vocab_parallel_logits, group=tp_group)
+
+
+def reference_terms(vocab_parallel_logits, target, tp_group=None, dtype=torch.float64):
+    """(ce, entropy, p_target) from full-vocabulary log-softmax in ``dtype``; ce carries gradient."""
+    logits = _gather_vocab(vocab_parallel_logits, _tp_group(tp_group)).to(dtype)
+    logp = torch.log_softmax(logits, dim=-1)
+    ce = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    p = logp.detach().exp()
+    entropy = -(p * logp.detach()).sum(-1)
+    p_target = (-ce.detach()).exp()
+    return ce, entropy, p_target
+
+
+def reference_cross_entropy_with_entropy(vocab_parallel_logits, target, tp_group=None, dtype=torch.float64):
+    ce, entropy, _ = reference_terms(vocab_parallel_logits, target, tp_group, dtype)
+    return ce, entropy
+
+
+def reference_mile_cross_entropy(vocab_parallel_logits, target, gamma=1.0, sigma=1.0, tp_group=None,
+                                 dtype=torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    ce, entropy, _ = reference_terms(vocab_parallel_logits, target, tp_group, dtype)
+    weight = (sigma + entropy) ** gamma
+    return weight * ce, weight
+
+
+def reference_focal_cross_entropy(vocab_parallel_logits, target, gamma=1.0, tp_group=None,
+                                  dtype=torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    ce, _, p_target = reference_terms(vocab_parallel_logits, target, tp_group, dtype)
+    weight = (1.0 - p_target).clamp_min(0.0) ** gamma
+    return weight * ce, weight

@@ -1,0 +1,278 @@
+"""Vocabulary-parallel cross entropy, predicted entropy and token weights in one pass over the logits.
+
+Conventions are those of ``megatron.core.tensor_parallel.vocab_parallel_cross_entropy``: logits
+``[s, b, V/tp]`` hold this rank's contiguous vocabulary slice, targets ``[s, b]`` are global token
+ids, and the logits buffer is consumed (overwritten) to hold intermediate results and, in the
+backward, the gradient, so nothing of full size is allocated besides it.
+
+Per token, with ``z`` the logits, ``m`` this rank's max, ``M`` the global max:
+
+* forward, one sweep over this rank's slice in L2-sized chunks of tokens, maths in float32:
+  ``s_r = sum exp(z - m_r)``, ``a_r = sum (z - m_r) exp(z - m_r)``; the slice's softmax
+  ``exp(z - m_r) / s_r`` overwrites the logits (in their dtype) and is reused by the backward;
+* collective 1 (MAX): ``M = max_r m_r``; rescale ``s_r, a_r`` to ``M``;
+* collective 2 (SUM of the stacked ``[S, A, z_y - M]``);
+* ``ce = log S - (z_y - M)``, ``H = log S - A / S``, ``p_y = exp(-ce)``, weight from ``H`` or ``p_y``;
+* backward: ``d(w * ce)/dz = g * w * (softmax(z) - onehot(y))``, one in-place multiply per row.
+
+Memory: besides the logits buffer (which megatron's CE also consumes), a few ``[tokens]`` vectors
+and one float32 scratch chunk of ``chunk_tokens x V/tp``.
+
+The maths lives in :class:`VocabParallelWeightedCrossEntropy` (static steps, no collectives); the
+autograd Function sequences the steps and owns the two collectives, as megatron-core does.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from megatron_mile.losses.config import LossConfig
+
+# Elements of vocabulary per chunk of tokens (512K floats = 2 MiB of scratch, 16 tokens of a 32k
+# vocabulary): small enough to stay in cache between the chunk's passes, large enough to amortise
+# the per-op overhead. Measured with bench/loss_bench.py (4-32 tokens of 32k are within 10%).
+CHUNK_ELEMENTS = 1 << 19
+
+
+def default_chunk_tokens(vocab_partition_size: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, vocab_partition_size))
+
+
+def _tp_group(tp_group=None):
+    """The tensor-parallel group to use: the given one, megatron's, or None (single process)."""
+    if tp_group is not None:
+        return tp_group
+    if dist.is_available() and dist.is_initialized():
+        from megatron.core import parallel_state
+
+        if parallel_state.model_parallel_is_initialized():
+            return parallel_state.get_tensor_model_parallel_group()
+    return None
+
+
+def _group_rank_size(group) -> Tuple[int, int]:
+    if group is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+class WeightedCrossEntropy(NamedTuple):
+    """Per-token outputs, each ``[s, b]`` float32. Only ``weighted_ce`` carries a gradient."""
+
+    weighted_ce: torch.Tensor
+    weight: torch.Tensor
+    ce: torch.Tensor
+    entropy: torch.Tensor
+
+
+class VocabParallelWeightedCrossEntropy:
+    """The steps of the computation, free of collectives so they can be tested and reused."""
+
+    @staticmethod
+    def check_inputs(logits: torch.Tensor, target: torch.Tensor, vocab_size: int) -> None:
+        """Cheap validation, identical on every rank, so a bad call raises before any collective."""
+        if not logits.is_floating_point():
+            raise TypeError(f"vocab_parallel_logits must be floating point, got {logits.dtype}")
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"target must hold integer token ids, got {target.dtype}")
+        if logits.shape[:-1] != target.shape:
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree: expected "
+                f"logits [s, b, V/tp] and target [s, b]"
+            )
+        if target.numel():
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= vocab_size:
+                raise ValueError(f"target ids must lie in [0, {vocab_size}), found min {lo} max {hi}")
+
+    @staticmethod
+    def local_statistics(logits_2d: torch.Tensor, chunk_tokens: int):
+        """Per row of this rank's slice: ``m = max z``, ``s = sum e``, ``a = sum (z - m) e`` with
+        ``e = exp(z - m)``, in float32. The logits are overwritten (in their dtype) with this
+        slice's softmax ``e / s``, which the backward rescales into the gradient (no second exp).
+
+        Each chunk runs ATen's fused softmax on ``t = z - m`` (faster than a separate exp and sum);
+        since ``max t = 0`` the largest probability is exactly ``1 / s``, and ``a / s = sum(p t)``."""
+        n_rows, width = logits_2d.shape
+        f32 = dict(dtype=torch.float32, device=logits_2d.device)
+        local_max, sum_exp, sum_shifted_exp = (torch.empty(n_rows, **f32) for _ in range(3))
+        shifted = torch.empty(min(chunk_tokens, n_rows), width, **f32)
+        is_f32 = logits_2d.dtype == torch.float32
+        prob_buf = None if is_f32 else torch.empty_like(shifted)
+        softmax_out = torch.ops.aten._softmax.out
+        for start in range(0, n_rows, chunk_tokens):
+            rows = slice(start, start + chunk_tokens)
+            z = logits_2d[rows]
+            t = shifted[: z.shape[0]]
+            m = local_max[rows]
+            if is_f32:
+                torch.amax(z, dim=-1, out=m)
+                torch.sub(z, m.unsqueeze(-1), out=t)
+                p = softmax_out(t, -1, False, out=z)
+            else:  # 16-bit logits: maths in a small float32 buffer, probabilities rounded once
+                t.copy_(z)
+                torch.amax(t, dim=-1, out=m)
+                t.sub_(m.unsqueeze(-1))
+                p = softmax_out(t, -1, False, out=prob_buf[: z.shape[0]])
+                z.copy_(p)
+            s = torch.amax(p, dim=-1, out=sum_exp[rows]).reciprocal_()
+            torch.sum(t.mul_(p), dim=-1, out=sum_shifted_exp[rows]).mul_(s)
+        return local_max, sum_exp, sum_shifted_exp
+
+    @staticmethod
+    def rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp):
+        """Express ``s`` and ``a`` relative to the global max ``M`` (in place):
+        ``s' = s c``, ``a' = c (a + (m - M) s)`` with ``c = exp(m - M)``."""
+        delta = local_max - global_max
+        factor = torch.exp(delta)
+        sum_shifted_exp.addcmul_(delta, sum_exp).mul_(factor)
+        sum_exp.mul_(factor)
+
+    @staticmethod
+    def token_terms(sum_exp, sum_shifted_exp, target_shifted):
+        """``ce = log S - (z_y - M)``, ``H = log S - A / S``, ``p_y = exp(-ce)``."""
+        log_sum = torch.log(sum_exp)
+        ce = log_sum - target_shifted
+        entropy = (log_sum - sum_shifted_exp / sum_exp).clamp_min_(0.0)
+        return ce, entropy, torch.exp(-ce)
+
+    @staticmethod
+    def token_weight(config: LossConfig, entropy, p_target):
+        """MiLe ``(sigma + H)^gamma``, focal ``(1 - p_y)^gamma`` or 1 (no gradient)."""
+        if config.loss == "mile":
+            return (entropy + config.mile_sigma).pow_(config.mile_gamma)
+        if config.loss == "focal":
+            return (1.0 - p_target).clamp_min_(0.0).pow_(config.focal_gamma)
+        return torch.ones_like(entropy)
+
+    @staticmethod
+    def write_gradient(exp_2d, row_scale, rows, cols, target_grad, chunk_tokens):
+        """Turn the buffer holding this slice's softmax into the gradient ``row_scale * p``, with
+        the target entries set to ``target_grad`` (computed exactly in float32)."""
+        if exp_2d.dtype == torch.float32:
+            exp_2d.mul_(row_scale.unsqueeze(-1))
+        else:  # multiply in float32, round once
+            n_rows, width = exp_2d.shape
+            buf = torch.empty(min(chunk_tokens, n_rows), width, dtype=torch.float32, device=exp_2d.device)
+            for start in range(0, n_rows, chunk_tokens):
+                sl = slice(start, start + chunk_tokens)
+                e = exp_2d[sl]
+                t = buf[: e.shape[0]]
+                t.copy_(e)
+                e.copy_(t.mul_(row_scale[sl].unsqueeze(-1)))
+        exp_2d[rows, cols] = target_grad.to(exp_2d.dtype)
+        return exp_2d
+
+
+class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vocab_parallel_logits, target, config: LossConfig, tp_group, chunk_tokens):
+        steps = VocabParallelWeightedCrossEntropy
+        rank, world = _group_rank_size(tp_group)
+        width = vocab_parallel_logits.size(-1)
+        if config.check_inputs:
+            steps.check_inputs(vocab_parallel_logits, target, width * world)
+        vocab_start = rank * width
+
+        buffer = vocab_parallel_logits.contiguous()  # the same tensor unless it was strided
+        logits_2d = buffer.view(-1, width)
+        target_1d = target.reshape(-1).long()
+        owned = (target_1d >= vocab_start) & (target_1d < vocab_start + width)
+        rows = owned.nonzero().squeeze(-1)
+        cols = target_1d[rows] - vocab_start
+        target_logit = logits_2d[rows, cols].float()  # read before the buffer is overwritten
+
+        local_max, sum_exp, sum_shifted_exp = steps.local_statistics(logits_2d, chunk_tokens)
+
+        if world > 1:
+            global_max = local_max.clone()
+            dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
+            steps.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
+        else:
+            global_max = local_max
+        local_sum_exp = sum_exp
+        target_shifted = torch.zeros_like(sum_exp)
+        target_shifted[rows] = target_logit - global_max[rows]
+        if world > 1:
+            stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted))
+            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
+            sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
+
+        ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
+        weight = steps.token_weight(config, entropy, p_target)
+        # d(w ce)/dz = w (softmax - onehot); the buffer holds the slice's softmax e / s, and the
+        # full softmax is (e / s) * (s exp(m - M) / S): the slice's share of the probability mass.
+        row_scale = weight if world == 1 else weight * local_sum_exp / sum_exp
+        target_grad = (p_target[rows] - 1.0) * weight[rows]
+
+        ctx.save_for_backward(buffer, row_scale, rows, cols, target_grad)
+        ctx.chunk_tokens = chunk_tokens
+        shape = target.shape
+        outputs = (ce * weight).view(shape), weight.view(shape), ce.view(shape), entropy.view(shape)
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_weighted_ce, *unused_grads):
+        buffer, row_scale, rows, cols, target_grad = ctx.saved_tensors
+        grad = grad_weighted_ce.reshape(-1).float()
+        VocabParallelWeightedCrossEntropy.write_gradient(
+            buffer.view(-1, buffer.size(-1)), row_scale * grad, rows, cols, target_grad * grad[rows],
+            ctx.chunk_tokens,
+        )
+        return buffer, None, None, None, None
+
+
+def vocab_parallel_weighted_cross_entropy(
+    vocab_parallel_logits: torch.Tensor,
+    target: torch.Tensor,
+    config: LossConfig,
+    tp_group: Optional[dist.ProcessGroup] = None,
+    chunk_tokens: Optional[int] = None,
+) -> WeightedCrossEntropy:
+    """Weighted cross entropy with the weight chosen by ``config.loss``, plus its ingredients.
+
+    Args:
+        vocab_parallel_logits: ``[s, b, V/tp]`` logits of this rank's vocabulary slice (consumed).
+        target: ``[s, b]`` global token ids.
+        config: which weighting (cross_entropy, mile, focal) and its parameters.
+        tp_group: tensor-parallel group; defaults to megatron's.
+        chunk_tokens: tokens per chunk of the sweep (a speed knob, not a semantic one); default
+            from :data:`CHUNK_ELEMENTS`.
+
+    Returns:
+        :class:`WeightedCrossEntropy` ``(weighted_ce, weight, ce, entropy)``, float32 ``[s, b]``.
+    """
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1))
+    return WeightedCrossEntropy(
+        *_VocabParallelWeightedCrossEntropy.apply(
+            vocab_parallel_logits, target, config, _tp_group(tp_group), chunk_tokens
+        )
+    )
+
+
+def vocab_parallel_cross_entropy_with_entropy(vocab_parallel_logits, target, tp_group=None):
+    """``(ce, entropy)``: ``ce`` equals megatron's vocab_parallel_cross_entropy (value and
+    gradient); ``entropy`` of softmax over the full vocabulary, float32, no gradient."""
+    out = vocab_parallel_weighted_cross_entropy(
+        vocab_parallel_logits, target, LossConfig(loss="cross_entropy"), tp_group
+    )
+    return out.weighted_ce, out.entropy
+
+
+def vocab_parallel_mile_cross_entropy(vocab_parallel_logits, target, gamma=1.0, sigma=1.0, tp_group=None):
+    """MiLe: ``(weighted_ce, weight)`` with ``weight = (sigma + entropy)^gamma`` (no gradient)."""
+    out = vocab_parallel_weighted_cross_entropy(
+        vocab_parallel_logits, target, LossConfig(loss="mile", mile_gamma=gamma, mile_sigma=sigma), tp_group
+    )
+    return out.weighted_ce, out.weight
+
+
+def vocab_parallel_focal_cross_entropy(vocab_parallel_logits, target, gamma=1.0, tp_group=None):
+    """Focal: ``(weighted_ce, weight)`` with ``weight = (1 - p_target)^gamma`` (``p_target`` detached)."""
+    out = vocab_parallel_weighted_cross_entropy(
+        vocab_parallel_logits, target, LossConfig(loss="focal", focal_gamma=gamma), tp_group
+    )
+    return out.weighted_ce, out.weight
