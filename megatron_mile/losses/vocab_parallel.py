@@ -29,14 +29,16 @@ import torch.distributed as dist
 
 from megatron_mile.losses.config import LossConfig
 
-# Elements of vocabulary per chunk of tokens (512K floats = 2 MiB of scratch, 16 tokens of a 32k
-# vocabulary): small enough to stay in cache between the chunk's passes, large enough to amortise
-# the per-op overhead. Measured with bench/loss_bench.py (4-32 tokens of 32k are within 10%).
-CHUNK_ELEMENTS = 1 << 19
+# Elements per chunk of tokens. CPU: 512K floats = 2 MiB of scratch (16 tokens of a 32k vocabulary),
+# small enough to stay in cache between the chunk's passes, large enough to amortise the per-op
+# overhead (bench/loss_bench.py; 4-32 tokens of 32k are within 10%). GPU: the passes are separate
+# kernels anyway, so chunks only bound the float32 scratch (128 MiB) and the launch count.
+CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 25}
 
 
-def default_chunk_tokens(vocab_partition_size: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, vocab_partition_size))
+def default_chunk_tokens(vocab_partition_size: int, device: torch.device) -> int:
+    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"])
+    return max(1, elements // max(1, vocab_partition_size))
 
 
 def _tp_group(tp_group=None):
@@ -245,7 +247,7 @@ def vocab_parallel_weighted_cross_entropy(
         :class:`WeightedCrossEntropy` ``(weighted_ce, weight, ce, entropy)``, float32 ``[s, b]``.
     """
     if chunk_tokens is None:
-        chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1))
+        chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1), vocab_parallel_logits.device)
     return WeightedCrossEntropy(
         *_VocabParallelWeightedCrossEntropy.apply(
             vocab_parallel_logits, target, config, _tp_group(tp_group), chunk_tokens

@@ -1,0 +1,167 @@
+"""Forward+backward time and peak extra memory: megatron-core's vocab_parallel_cross_entropy vs
+megatron-mile's MiLe and focal losses, side by side in one process on the same inputs.
+
+    python bench/loss_bench.py                       # full grid, writes bench/results/loss_bench.json
+    python bench/loss_bench.py --tokens 512 --reps 3 # quick look
+
+Grid: dtype {fp32, bf16} x threads per rank {1, 2} x TP {1, 2} (gloo ranks). Repetitions are
+interleaved (megatron, mile, focal, megatron, ...) so drift hits all three alike. Each rank times its
+own shard; a repetition's time is the slowest rank's. Backward uses ``torch.autograd.grad`` so no
+leaf-gradient copy is timed. Peak extra memory is the rise of the process's peak RSS (VmHWM, reset
+through /proc/self/clear_refs) over the fwd+bwd, beyond the logits that both losses consume.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from megatron_mile.testing import DistributedPool  # noqa: E402
+
+LOSSES = ("megatron_ce", "mile", "focal")
+
+
+def _loss_fn(name):
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_mile.losses import vocab_parallel_focal_cross_entropy, vocab_parallel_mile_cross_entropy
+
+    if name == "megatron_ce":
+        return lambda z, y: vocab_parallel_cross_entropy(z, y)
+    if name == "mile":
+        return lambda z, y: vocab_parallel_mile_cross_entropy(z, y)[0]
+    return lambda z, y: vocab_parallel_focal_cross_entropy(z, y)[0]
+
+
+def _peak_rss_reset():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
+
+
+def body(tokens, vocab, dtype_name, threads, reps, seed=0):
+    from megatron.core import parallel_state as ps
+
+    torch.set_num_threads(threads)
+    dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[dtype_name]
+    rank, world = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    width = vocab // world
+    gen = torch.Generator().manual_seed(seed)
+    full = torch.randn(tokens, 1, vocab, generator=gen) * 2
+    base = full[..., rank * width:(rank + 1) * width].to(dtype).contiguous()
+    del full
+    target = torch.randint(0, vocab, (tokens, 1), generator=gen)
+    upstream = torch.ones(tokens, 1)
+    fns = {name: _loss_fn(name) for name in LOSSES}
+    group = ps.get_tensor_model_parallel_group()
+
+    def once(name, measure_memory=False):
+        z = base.clone().requires_grad_(True)
+        torch.distributed.barrier(group=group)
+        if measure_memory:
+            rss0 = _rss_kib("VmRSS")
+            _peak_rss_reset()
+        t0 = time.perf_counter()
+        out = fns[name](z, target)
+        torch.autograd.grad(out, z, upstream)
+        elapsed = time.perf_counter() - t0
+        peak = (_rss_kib("VmHWM") - rss0) * 1024 if measure_memory else None
+        return elapsed, peak
+
+    for name in LOSSES:  # warm-up
+        once(name)
+    times = {name: [] for name in LOSSES}
+    for _ in range(reps):
+        for name in LOSSES:
+            times[name].append(once(name)[0])
+    peak = {name: once(name, measure_memory=True)[1] for name in LOSSES}
+    return dict(times=times, peak_extra_bytes=peak, logits_bytes=base.numel() * base.element_size())
+
+
+def run_grid(tokens, vocab, reps, tps, threads_list, dtypes):
+    rows = []
+    for tp in tps:
+        with DistributedPool(tp, threads_per_rank=1) as pool:
+            for dtype in dtypes:
+                for threads in threads_list:
+                    per_rank = pool.run(body, tokens, vocab, dtype, threads, reps, tp=tp)
+                    # A repetition takes as long as its slowest rank.
+                    times = {n: [max(r["times"][n][i] for r in per_rank) for i in range(reps)] for n in LOSSES}
+                    med = {n: statistics.median(t) for n, t in times.items()}
+                    row = dict(
+                        tp=tp, dtype=dtype, threads_per_rank=threads, tokens=tokens, vocab=vocab, reps=reps,
+                        logits_bytes_per_rank=per_rank[0]["logits_bytes"],
+                    )
+                    for n in LOSSES:
+                        row[n] = dict(
+                            median_ms=med[n] * 1e3,
+                            min_ms=min(times[n]) * 1e3,
+                            max_ms=max(times[n]) * 1e3,
+                            peak_extra_mib=max(r["peak_extra_bytes"][n] for r in per_rank) / 2**20,
+                        )
+                        row[n]["time_ratio_to_megatron"] = med[n] / med["megatron_ce"]
+                    for n in LOSSES:
+                        base_mem = max(row["megatron_ce"]["peak_extra_mib"], 1.0)
+                        row[n]["memory_ratio_to_megatron"] = max(row[n]["peak_extra_mib"], 0.0) / base_mem
+                    rows.append(row)
+                    print(_table_row(row), flush=True)
+    return rows
+
+
+def _table_row(row):
+    m, mi, fo = row["megatron_ce"], row["mile"], row["focal"]
+    return (f"| {row['dtype']} | {row['tp']} | {row['threads_per_rank']} | {m['median_ms']:.1f} | "
+            f"{mi['median_ms']:.1f} ({mi['time_ratio_to_megatron']:.2f}x) | "
+            f"{fo['median_ms']:.1f} ({fo['time_ratio_to_megatron']:.2f}x) | "
+            f"{m['peak_extra_mib']:.0f} / {mi['peak_extra_mib']:.0f} / {fo['peak_extra_mib']:.0f} |")
+
+
+TABLE_HEADER = ("| dtype | TP | threads/rank | megatron CE ms | MiLe ms (ratio) | focal ms (ratio) | "
+                "peak extra MiB (CE / MiLe / focal) |\n|---|---|---|---|---|---|---|")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "loss_bench.json"))
+    args = parser.parse_args(argv)
+    print(TABLE_HEADER)
+    rows = run_grid(args.tokens, args.vocab, args.reps, args.tp, args.threads, args.dtypes)
+    result = dict(
+        benchmark="loss_bench", torch=torch.__version__, cpu=_cpu_name(), nproc=os.cpu_count(),
+        note="time = median fwd+bwd over interleaved repetitions; ratio = median / megatron median",
+        rows=rows,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
