@@ -83,10 +83,15 @@ class VocabParallelWeightedCrossEntropy:
                 f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree: expected "
                 f"logits [s, b, V/tp] and target [s, b]"
             )
-        if target.numel():
-            lo, hi = int(target.min()), int(target.max())
-            if lo < 0 or hi >= vocab_size:
-                raise ValueError(f"target ids must lie in [0, {vocab_size}), found min {lo} max {hi}")
+        if not target.numel():
+            return
+        if target.is_cuda:  # a host-side check would synchronise the stream on every call
+            torch._assert_async(((target >= 0) & (target < vocab_size)).all(),
+                                f"target ids must lie in [0, {vocab_size})")
+            return
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"target ids must lie in [0, {vocab_size}), found min {lo} max {hi}")
 
     @staticmethod
     def local_statistics(logits_2d: torch.Tensor, chunk_tokens: int):
