@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mile-pretrain=megatron_mile.pretrain_gpt:main",
+            "mile-demo=megatron_mile.demo:main",
             "mile-preprocess=megatron_mile.data.preprocess:main",
             "mile-merge-datasets=megatron_mile.data.merge:main",
             "mile-train-tokenizer=megatron_mile.data.train_tokenizer:main",

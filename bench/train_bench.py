@@ -1,0 +1,215 @@
+"""Step time of ``--loss mile`` vs ``--loss cross_entropy``, side by side in one run.
+
+One model, one optimizer, one data stream; the steps cycle through the losses (ABCABC...), so
+machine noise (other jobs, thermal drift) hits every arm alike. Arms:
+
+* ``megatron_ce``: megatron-core's own ``GPTModel.compute_language_model_loss`` (what a Megatron
+  user runs today),
+* ``cross_entropy``: ``--loss cross_entropy`` through this project's kernel (weight 1),
+* ``mile``: ``--loss mile`` (gamma 1, sigma 1, global normalisation).
+
+Besides whole training steps it times the loss alone (forward + backward on logits of the
+step's shape), which shows what the step-time difference is made of.
+
+On a shared machine other jobs only ever add time, so the headline overhead uses each arm's
+fastest step (``step_ms_min``); the median of the per-round ratios (adjacent steps) and the
+medians are recorded too, with the load average before and after.
+
+    python bench/train_bench.py                         # CPU default shape, writes bench/results/train_cpu.json
+    torchrun --nproc-per-node 8 bench/train_bench.py --out bench/results/train_gpu.json \\
+        --tensor-model-parallel-size 2 --bf16 ...       # any mile-pretrain flag overrides the defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import statistics
+import sys
+import time
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+# A LLaMA-style shape with the paper's vocabulary; small enough for a 2-core CPU.
+DEFAULTS = ("--mock-data --vocab-size 31999 --model-style llama --num-layers 4 --hidden-size 512 "
+            "--num-attention-heads 8 --seq-length 512 --micro-batch-size 2 --global-batch-size 2 "
+            "--lr 3e-4 --train-iters 1000 --eval-iters 0 --num-workers 0 --hidden-dropout 0 "
+            "--attention-dropout 0 --log-interval 1000000").split()
+ARMS = ("megatron_ce", "cross_entropy", "mile")
+
+
+def _stock_megatron_loss(chunk):
+    """The unmodified megatron-core hook, reporting weight 1 and its CE for loss_func."""
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_mile.model import TokenStatistics
+
+    def hook(labels, logits):
+        loss = GPTModel.compute_language_model_loss(chunk, labels, logits)
+        chunk.token_statistics = TokenStatistics(torch.ones_like(loss), loss.detach(), torch.zeros_like(loss))
+        return loss
+    return hook
+
+
+def use_arm(model, arm: str) -> None:
+    from megatron.core.utils import unwrap_model
+
+    from megatron_mile.losses import LossConfig
+
+    for chunk in unwrap_model(model):
+        chunk.__dict__.pop("compute_language_model_loss", None)
+        if arm == "megatron_ce":
+            chunk.compute_language_model_loss = _stock_megatron_loss(chunk)
+        else:
+            chunk.loss_config = LossConfig(loss=arm)
+
+
+def time_loss_only(args, repeats: int) -> dict:
+    """Forward + backward of each arm's loss on [s, b, V/tp] logits, in ms (median)."""
+    from megatron.core import tensor_parallel
+
+    from megatron_mile.losses import LossConfig, vocab_parallel_weighted_cross_entropy
+
+    tp = args.tensor_model_parallel_size
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    shape = (args.seq_length, args.micro_batch_size, args.padded_vocab_size // tp)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(shape, generator=gen).to(device, dtype)
+    target = torch.randint(0, args.padded_vocab_size, shape[:2], generator=gen).to(device)
+    fns = {
+        "megatron_ce": lambda z: tensor_parallel.vocab_parallel_cross_entropy(z, target),
+        "cross_entropy": lambda z: vocab_parallel_weighted_cross_entropy(z, target, LossConfig(loss="cross_entropy")).weighted_ce,
+        "mile": lambda z: vocab_parallel_weighted_cross_entropy(z, target, LossConfig(loss="mile")).weighted_ce,
+    }
+    times = {arm: [] for arm in ARMS}
+    for i in range(repeats + 1):
+        for arm in ARMS:
+            z = base.clone().requires_grad_(True)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fns[arm](z * 1.0).sum().backward()  # `* 1.0`: the losses may overwrite their input
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if i:  # the first round warms up
+                times[arm].append((time.perf_counter() - start) * 1e3)
+    return {arm: statistics.median(t) for arm, t in times.items()}
+
+
+def main(argv=None) -> None:
+    from megatron_mile import platform
+    from megatron_mile.data.tokenizers import build_tokenizer
+    from megatron_mile.model import padded_vocab_size
+    from megatron_mile.pretrain_gpt import (
+        LossDenominator,
+        build_model,
+        build_optimizer_and_scheduler,
+        forward_step,
+        set_random_seeds,
+        train_step,
+    )
+    from megatron_mile.training.arguments import parse_args, transformer_config_from_args, validate_runtime
+    from megatron_mile.training.data import build_datasets, micro_batches
+    from megatron_mile.training.distributed import destroy_distributed, initialize_distributed, launch_world_size
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    bench = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--steps", type=int, default=6, help="Measured steps per arm (after one warm-up round).")
+    bench.add_argument("--loss-repeats", type=int, default=10, help="Repeats of the loss-only timing.")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch.set_num_threads for this run (1 gives steadier CPU numbers on a shared machine).")
+    bench.add_argument("--out", default=None, help="Result JSON (default bench/results/train_<cpu|gpu>.json).")
+    own, rest = bench.parse_known_args(argv)
+    if own.threads:
+        torch.set_num_threads(own.threads)
+
+    args = parse_args(DEFAULTS + ["--loss", "mile"] + rest)
+    validate_runtime(args, launch_world_size())
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file,
+                                args.vocab_size)
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size)
+    created = initialize_distributed(args)
+    platform.adapt_megatron_to_cpu()
+    set_random_seeds(args.seed)
+    config = transformer_config_from_args(args)
+    model = build_model(args, config)
+    optimizer, scheduler = build_optimizer_and_scheduler(args, model)
+    denominator = LossDenominator()
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = denominator.finalize_model_grads
+    config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+    batches = micro_batches(build_datasets(args, tokenizer).train, 0, args.micro_batch_size, 0)
+    step_fn = partial(forward_step, denominator, args.mile_normalization)
+    forward_backward = get_forward_backward_func()
+
+    load_before = os.getloadavg()
+    step_ms = {arm: [] for arm in ARMS}
+    for round_index in range(own.steps + 1):
+        for arm in ARMS:
+            use_arm(model, arm)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dist.barrier()
+            start = time.perf_counter()
+            train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if round_index:  # round 0 warms up
+                step_ms[arm].append((time.perf_counter() - start) * 1e3)
+    loss_ms = time_loss_only(args, own.loss_repeats)
+
+    if dist.get_rank() == 0:
+        median = {arm: statistics.median(t) for arm, t in step_ms.items()}
+        fastest = {arm: min(t) for arm, t in step_ms.items()}
+        paired = {ref: 100 * (statistics.median(m / r for m, r in zip(step_ms["mile"], step_ms[ref])) - 1)
+                  for ref in ("cross_entropy", "megatron_ce")}
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        result = {
+            "benchmark": "train_step_mile_vs_cross_entropy",
+            "device": device,
+            "host": host.node(),
+            "torch": torch.__version__,
+            "world_size": dist.get_world_size(),
+            "torch_threads": torch.get_num_threads(),
+            "flags": DEFAULTS + rest,
+            "tokens_per_step": args.global_batch_size * args.seq_length,
+            "padded_vocab_size": args.padded_vocab_size,
+            "load_average_before_after": [load_before, os.getloadavg()],
+            "step_ms_min": fastest,
+            "step_ms_median": median,
+            "step_ms_all": step_ms,
+            "loss_only_fwd_bwd_ms_median": loss_ms,
+            "mile_overhead_vs_cross_entropy_pct": 100 * (fastest["mile"] / fastest["cross_entropy"] - 1),
+            "mile_overhead_vs_megatron_ce_pct": 100 * (fastest["mile"] / fastest["megatron_ce"] - 1),
+            "mile_overhead_paired_median_pct": paired,
+            "loss_only_mile_minus_cross_entropy_pct_of_step":
+                100 * (loss_ms["mile"] - loss_ms["cross_entropy"]) / median["cross_entropy"],
+            "loss_only_mile_minus_megatron_ce_pct_of_step":
+                100 * (loss_ms["mile"] - loss_ms["megatron_ce"]) / median["megatron_ce"],
+        }
+        out = own.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                      f"train_{'gpu' if torch.cuda.is_available() else 'cpu'}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        print("| loss | step ms (min) | step ms (median) | loss alone fwd+bwd ms |\n|---|---|---|---|")
+        for arm in ARMS:
+            print(f"| {arm} | {fastest[arm]:.1f} | {median[arm]:.1f} | {loss_ms[arm]:.1f} |")
+        print(f"MiLe step-time overhead (fastest steps): {result['mile_overhead_vs_cross_entropy_pct']:+.2f}% vs "
+              f"--loss cross_entropy, {result['mile_overhead_vs_megatron_ce_pct']:+.2f}% vs megatron-core's CE; "
+              f"paired per-round median {paired['cross_entropy']:+.2f}% / {paired['megatron_ce']:+.2f}%; "
+              f"loss alone: {result['loss_only_mile_minus_cross_entropy_pct_of_step']:+.2f}% / "
+              f"{result['loss_only_mile_minus_megatron_ce_pct_of_step']:+.2f}% of a step")
+        print(f"wrote {out}")
+    destroy_distributed(created)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()

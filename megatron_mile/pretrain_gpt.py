@@ -1,0 +1,416 @@
+"""GPT pretraining on megatron-core with token-difficulty-aware losses: the training loop, top to bottom.
+
+Launch (flags are Megatron-LM's, plus ``--loss {cross_entropy,mile,focal}`` and friends)::
+
+    torchrun --nproc-per-node 8 -m megatron_mile.pretrain_gpt \\
+        --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --loss mile ...
+    python -m megatron_mile.pretrain_gpt ...          # one process (CPU or one GPU)
+
+Steps of :func:`pretrain`: flags -> process groups -> seeds -> model chunks wrapped in DDP ->
+optimizer and LR schedule -> resume -> datasets -> loop {forward/backward through megatron's
+pipeline schedule, optimizer step, log, validate, checkpoint}.
+
+The loss. :class:`megatron_mile.model.MileGPTModel` returns the per-token weighted loss ``w * ce``
+and keeps the detached ``w``, ``ce`` and entropy. :func:`loss_func` turns a micro-batch into the
+numerator ``sum(mask * w * ce)`` (which carries the gradient) and a denominator: ``sum(mask * w)``
+with ``--mile-normalization global`` (the default), or the token count with ``microbatch`` (then the
+numerator is scaled by the authors' ``alpha = 1 / mean(w)``). megatron-core's per-token-loss path
+(``calculate_per_token_loss``) backpropagates the numerators unscaled and, once per step, divides all
+gradients by the denominator summed over micro-batches and data-parallel ranks
+(``finalize_model_grads``). Its own denominator is an integer token count, so
+:class:`LossDenominator` sums the float denominators and hands them to ``finalize_model_grads``
+instead. The objective of a step is therefore ``sum(mask*w*ce) / sum(mask*w)`` over the whole global
+batch; for ``--loss cross_entropy`` (w = 1) it is exactly megatron's per-token cross entropy.
+
+Without CUDA the same code runs on CPU with gloo: ``megatron_mile.platform`` documents the few
+adaptations (applied here via ``adapt_megatron_to_cpu`` and ``cuda_to_cpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+from megatron.core.utils import unwrap_model
+
+from megatron_mile import platform
+from megatron_mile.data.tokenizers import build_tokenizer
+from megatron_mile.losses import microbatch_alpha, reduce_weighted_loss
+from megatron_mile.model import gpt_model_from_args, initialize_layout_invariant_, padded_vocab_size
+from megatron_mile.training import checkpointing
+from megatron_mile.training.arguments import (
+    ConfigError,
+    parse_args,
+    save_iterations,
+    should_save,
+    transformer_config_from_args,
+    validate_runtime,
+    virtual_pipeline_size,
+)
+from megatron_mile.training.data import build_datasets, micro_batches
+from megatron_mile.training.distributed import destroy_distributed, initialize_distributed, launch_world_size
+from megatron_mile.training.logger import TrainingLogger
+
+# Order of the per-micro-batch statistics loss_func reports (summed over micro-batches and DP ranks).
+STATS = ("numerator", "denominator", "num_tokens", "ce_sum", "entropy_sum", "weight_sum")
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns (on every rank)."""
+
+    train: List[dict] = field(default_factory=list)
+    """Per iteration: iteration, lm_loss (plain CE), loss (the objective), entropy, mean_weight, lr,
+    grad_norm, tokens_per_s, consumed_samples, iteration_time_s, skipped."""
+    valid: List[dict] = field(default_factory=list)
+    """Per validation and validation set: iteration, dataset, lm_loss, loss, entropy, mean_weight."""
+    checkpoints: List[int] = field(default_factory=list)
+    """Iterations saved by this run."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point (``mile-pretrain``)."""
+    try:
+        pretrain(parse_args(argv))
+    except ConfigError as exc:
+        print(f"mile-pretrain: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def pretrain(args: Union[argparse.Namespace, Sequence[str]]) -> PretrainResult:
+    """Train as the flags say. ``args``: parsed flags or a list of command-line strings.
+
+    Works under torchrun, as a single process, or inside processes that already have a default
+    process group (and megatron parallel_state with the same layout), as in the tests."""
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(list(args))
+
+    # 1. Everything that can be wrong with the launch, before any collective.
+    validate_runtime(args, launch_world_size())
+    tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                                vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size)
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size)
+
+    # 2. Process groups and the CPU adaptations.
+    created = initialize_distributed(args)
+    try:
+        platform.adapt_megatron_to_cpu()
+        return _train(args, tokenizer)
+    finally:
+        destroy_distributed(created)
+
+
+def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
+    logger = TrainingLogger(args, is_writer=dist.get_rank() == 0)
+    logger.print(f"> megatron-mile: world {dist.get_world_size()} = TP {args.tensor_model_parallel_size} x "
+                 f"PP {args.pipeline_model_parallel_size} x DP {args.data_parallel_size}"
+                 f"{' x VPP ' + str(virtual_pipeline_size(args)) if virtual_pipeline_size(args) else ''}, "
+                 f"{'CPU/gloo' if platform.on_cpu() else 'CUDA'}, {args.transformer_impl} layers, "
+                 f"loss {args.loss}, vocab {tokenizer.vocab_size} (padded {args.padded_vocab_size})")
+
+    # 3. Seeds, then the model: one chunk per virtual pipeline stage, each wrapped in megatron's DDP.
+    set_random_seeds(args.seed)
+    config = transformer_config_from_args(args)
+    model = build_model(args, config)
+
+    # 4. Optimizer and learning-rate schedule; the hooks megatron's schedules call.
+    optimizer, scheduler = build_optimizer_and_scheduler(args, model)
+    denominator = LossDenominator()
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = denominator.finalize_model_grads
+    config.no_sync_func = _per_chunk([m.no_sync for m in model])
+    if args.overlap_grad_reduce:
+        config.grad_sync_func = _per_chunk([m.start_grad_sync for m in model])
+    if args.overlap_param_gather:
+        config.param_sync_func = _per_chunk([m.start_param_sync for m in model])
+
+    # 5. Resume.
+    iteration, consumed_samples = 0, 0
+    if args.load is not None:
+        loaded = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, args)
+        iteration, consumed_samples = loaded.iteration, loaded.consumed_samples
+        logger.print(f"> resumed from {args.load} at iteration {iteration} ({consumed_samples} samples)")
+
+    # 6. Data: this rank's micro-batches, continuing after the consumed samples.
+    datasets = build_datasets(args, tokenizer)
+    train_batches = micro_batches(datasets.train, consumed_samples, args.micro_batch_size, args.num_workers)
+    step_fn = partial(forward_step, denominator, args.mile_normalization)
+    forward_backward = get_forward_backward_func()
+
+    # 7. The loop.
+    result = PretrainResult()
+    extra_saves = save_iterations(args)
+    logger.print(f"> training {args.train_iters - iteration} iterations of {args.global_batch_size} x "
+                 f"{args.seq_length} tokens ({args.num_microbatches} micro-batches of {args.micro_batch_size} "
+                 f"per DP rank)")
+    while iteration < args.train_iters:
+        start = time.perf_counter()
+        stats, grad_norm, lr, update_ok = train_step(
+            args, model, optimizer, scheduler, denominator, forward_backward, step_fn, train_batches)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        iteration += 1
+        consumed_samples += args.global_batch_size
+        tokens = args.global_batch_size * args.seq_length
+        metrics = {"iteration": iteration, "consumed_samples": consumed_samples, **stats,
+                   "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "tokens": tokens, "tokens_per_s": tokens / elapsed, "iteration_time_s": elapsed,
+                   "skipped": not update_ok}
+        result.train.append(metrics)
+        logger.training_iteration(metrics)
+
+        if args.eval_iters > 0 and (iteration % args.eval_interval == 0 or iteration == args.train_iters):
+            valid = evaluate(args, model, datasets.valid, forward_backward)
+            logger.validation(iteration, valid)
+            result.valid.extend({"iteration": iteration, "dataset": k, **v} for k, v in valid.items())
+
+        exiting = args.exit_interval is not None and iteration % args.exit_interval == 0
+        if should_save(args, iteration, extra_saves) or (exiting and args.save):
+            path = checkpointing.save_checkpoint(args.save, iteration, model, optimizer, scheduler, args,
+                                                 consumed_samples)
+            result.checkpoints.append(iteration)
+            logger.print(f"> saved checkpoint {path}")
+        if exiting:
+            logger.print(f"> exiting at iteration {iteration} (--exit-interval)")
+            break
+
+    logger.close()
+    return result
+
+
+def set_random_seeds(seed: int) -> None:
+    """Megatron-LM's seeding: one seed per pipeline stage for Python, NumPy and torch (the
+    data-parallel stream), and megatron's tracked streams (tensor-parallel dropout, init)."""
+    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def build_model(args: argparse.Namespace, config) -> List[DistributedDataParallel]:
+    """This rank's model chunks (several with the interleaved schedule), on the device, in DDP."""
+    vpp = virtual_pipeline_size(args)
+    chunks = []
+    # Tied embeddings on the last stage are synchronised with a `.cuda()` copy at construction.
+    with platform.cuda_to_cpu():
+        for vp_stage in range(vpp) if vpp else [None]:
+            chunks.append(gpt_model_from_args(
+                args, config,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                vp_stage=vp_stage,
+            ))
+    if args.use_cpu_initialization:
+        initialize_layout_invariant_(chunks, config, args.seed)
+    if torch.cuda.is_available():
+        for chunk in chunks:
+            chunk.cuda(torch.cuda.current_device())
+    if args.bf16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,  # as Megatron-LM does for bf16 (no-op for fp32)
+        overlap_grad_reduce=args.overlap_grad_reduce,
+        overlap_param_gather=args.overlap_param_gather,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        check_for_nan_in_grad=True,
+    )
+    return [
+        # Only the first chunk gets buckets that overlap with backward (Megatron-LM's choice).
+        DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def build_optimizer_and_scheduler(args: argparse.Namespace, model):
+    """megatron's optimizer (AdamW with fp32 master weights for bf16; no weight decay on biases
+    and norms) and its LR/WD scheduler, counted in iterations."""
+    optimizer_config = OptimizerConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        sgd_momentum=args.sgd_momentum,
+        bf16=args.bf16,
+        params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+        clip_grad=args.clip_grad,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_param_gather=args.overlap_param_gather,
+    )
+    with platform.cuda_to_cpu():  # the loss-scale tensor is created on "cuda"
+        optimizer = get_megatron_optimizer(optimizer_config, model)
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=args.lr_warmup_init,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=max(1, args.train_iters),
+        wd_incr_style="constant",
+        wsd_decay_steps=args.lr_wsd_decay_iters,
+        lr_wsd_decay_style=args.lr_wsd_decay_style,
+    )
+    return optimizer, scheduler
+
+
+class LossDenominator:
+    """The objective's denominator, summed over the micro-batches of one global batch.
+
+    :func:`loss_func` adds each micro-batch's ``sum(mask * w)`` (or token count) on the last
+    pipeline stage; megatron's schedule then calls :meth:`finalize_model_grads`, which broadcasts
+    it over the pipeline, sums it over data-parallel ranks and divides every gradient by it."""
+
+    def __init__(self):
+        self.total = self._zero()
+
+    @staticmethod
+    def _zero() -> torch.Tensor:
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        return torch.zeros((), dtype=torch.float32, device=device)
+
+    def reset(self) -> None:
+        self.total = self._zero()
+
+    def add(self, value: torch.Tensor) -> None:
+        self.total += value.detach().float()
+
+    def finalize_model_grads(self, model, num_tokens=None, **kwargs) -> None:
+        # megatron passes its integer token count; divide by the float weight sum instead.
+        finalize_model_grads(model, self.total if num_tokens is not None else None, **kwargs)
+
+
+def forward_step(denominator: LossDenominator, normalization: str, data_iterator, model):
+    """One micro-batch through one model chunk (megatron's ``forward_step_func`` contract)."""
+    chunk = unwrap_model(model)
+    batch = next(data_iterator) if data_iterator is not None else None
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    tokens = position_ids = labels = loss_mask = None
+    if batch is not None:
+        tokens = batch["tokens"].to(device, non_blocking=True)
+        position_ids = batch["position_ids"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    output = model(tokens if chunk.pre_process else None, position_ids if chunk.pre_process else None, None,
+                   labels=labels if chunk.post_process else None)
+    return output, partial(loss_func, denominator, normalization, chunk, loss_mask)
+
+
+def loss_func(denominator: LossDenominator, normalization: str, chunk, loss_mask: torch.Tensor,
+              output_tensor: torch.Tensor):
+    """(numerator with gradient, token count, statistics) for one micro-batch (last stage only)."""
+    stats = chunk.token_statistics
+    alpha = microbatch_alpha(stats.weight) if normalization == "microbatch" else None
+    terms = reduce_weighted_loss(output_tensor.float(), stats.weight, loss_mask, ce=stats.cross_entropy,
+                                 entropy=stats.entropy, alpha=alpha)
+    denominator.add(terms.denominator)
+    report = torch.stack([terms.numerator.detach(), terms.denominator, terms.num_tokens, terms.ce_sum,
+                          terms.entropy_sum, terms.weight_sum]).float()
+    return terms.numerator, terms.num_tokens.to(torch.int), {"stats": report}
+
+
+def train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches):
+    """One optimizer step over one global batch. Returns (statistics, grad norm, lr used, ok)."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    denominator.reset()
+    with platform.cuda_to_cpu():  # the schedules allocate their token counter on "cuda"
+        reports = forward_backward(
+            forward_step_func=step_fn,
+            data_iterator=_per_chunk_data(model, batches),
+            model=model,
+            num_microbatches=args.num_microbatches,
+            seq_length=args.seq_length,
+            micro_batch_size=args.micro_batch_size,
+            forward_only=False,
+        )
+    lr = optimizer.param_groups[0]["lr"]
+    with platform.cuda_to_cpu():  # clipping buffers and grad-type checks name "cuda"
+        update_ok, grad_norm, _ = optimizer.step()
+    if update_ok:
+        scheduler.step(increment=1)
+    return _reduce_reports(reports), grad_norm, lr, update_ok
+
+
+@torch.no_grad()
+def evaluate(args, model, valid_sets: Dict[str, object], forward_backward) -> Dict[str, dict]:
+    """Validation statistics per validation set, each over its first ``--eval-iters`` global
+    batches (the same batches at every validation, so the curves are comparable)."""
+    step_fn = partial(forward_step, LossDenominator(), args.mile_normalization)  # no gradients to scale
+    for chunk in model:
+        chunk.eval()
+    results = {}
+    for name, dataset in valid_sets.items():
+        batches = micro_batches(dataset, 0, args.micro_batch_size, num_workers=0)
+        totals = []
+        for _ in range(args.eval_iters):
+            with platform.cuda_to_cpu():
+                reports = forward_backward(
+                    forward_step_func=step_fn, data_iterator=_per_chunk_data(model, batches), model=model,
+                    num_microbatches=args.num_microbatches, seq_length=args.seq_length,
+                    micro_batch_size=args.micro_batch_size, forward_only=True)
+            totals.append(_reduce_reports(reports))
+        results[name] = {k: sum(t[k] for t in totals) / len(totals) for k in totals[0]}
+    for chunk in model:
+        chunk.train()
+    return results
+
+
+def _reduce_reports(reports: List[dict]) -> Dict[str, float]:
+    """Sum the micro-batch statistics over micro-batches and DP ranks, share them with every
+    pipeline stage (only the last one has them) and form the logged quantities."""
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    totals = torch.zeros(len(STATS), dtype=torch.float32, device=device)
+    for report in reports:
+        totals += report["stats"]
+    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
+    s = dict(zip(STATS, totals.tolist()))
+    tokens = max(s["num_tokens"], 1.0)
+    return {
+        "lm_loss": s["ce_sum"] / tokens,
+        "loss": s["numerator"] / s["denominator"] if s["denominator"] > 0 else math.nan,
+        "entropy": s["entropy_sum"] / tokens,
+        "mean_weight": s["weight_sum"] / tokens,
+    }
+
+
+def _per_chunk(items: list):
+    """megatron takes a single hook for one chunk and a list for several."""
+    return items[0] if len(items) == 1 else items
+
+
+def _per_chunk_data(model, batches):
+    """The data iterator for each chunk: only the chunk holding the first or last stage reads
+    (with pipelining, at most one chunk per rank does)."""
+    if len(model) == 1:
+        return batches
+    return [batches if (unwrap_model(m).pre_process or unwrap_model(m).post_process) else None for m in model]
+
+
+if __name__ == "__main__":
+    main()

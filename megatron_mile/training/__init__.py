@@ -1,0 +1,1 @@
+"""Training pieces used by :mod:`megatron_mile.pretrain_gpt`: flags, data, checkpoints, logging."""

@@ -1,0 +1,489 @@
+"""Command-line arguments of ``mile-pretrain`` (``python -m megatron_mile.pretrain_gpt``).
+
+Flags shared with Megatron-LM's ``pretrain_gpt.py`` keep Megatron-LM's names, defaults and meaning
+(``--tensor-model-parallel-size``, ``--data-path 30 a 70 b``, ``--lr-decay-style cosine``, ...), so a
+Megatron launch script keeps working after adding ``--loss mile``. What is new is grouped under
+"MiLe loss", "checkpoint schedule" and "logging".
+
+Validation happens in two steps, both before any process group exists, so a bad launch fails on
+every rank with the same message instead of hanging in a collective:
+
+* :func:`parse_args` checks everything that depends only on the flags (heads vs. TP, layers vs.
+  PP, tokenizer requirements, contradictory options).
+* :func:`validate_runtime` adds what depends on the launch: the world size (divisibility by TP x
+  PP, the global batch vs. micro-batch x DP, micro-batches for the interleaved schedule), the
+  existence of data and tokenizer files, and whether CUDA / transformer-engine are there.
+
+Both raise :class:`ConfigError` (a ``ValueError``); ``main`` prints it and exits with status 2, as
+argparse does for syntax errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+from typing import List, Optional, Sequence
+
+from megatron_mile.data.tokenizers import TOKENIZER_TYPES
+from megatron_mile.losses import LOSS_TYPES, NORMALIZATIONS, LossConfig
+
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+
+# What --model-style fills in for the shape flags the user did not give explicitly.
+MODEL_STYLES = {
+    "gpt2": dict(normalization="LayerNorm", swiglu=False, position_embedding_type="learned_absolute",
+                 untie_embeddings_and_output_weights=False, disable_bias_linear=False),
+    "llama": dict(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                  untie_embeddings_and_output_weights=True, disable_bias_linear=True),
+}
+
+
+class ConfigError(ValueError):
+    """The flags describe a run that cannot work (raised before any collective)."""
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return sorted({int(x) for x in text.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser (no validation beyond argparse's own types and choices)."""
+    parser = argparse.ArgumentParser(
+        prog="mile-pretrain",
+        description="GPT pretraining on megatron-core with token-difficulty-aware losses (MiLe, focal).",
+        allow_abbrev=False,
+    )
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--model-style", choices=sorted(MODEL_STYLES), default=None,
+                   help="Defaults for the shape switches below: 'gpt2' (LayerNorm, GELU, learned positions, "
+                        "tied embeddings, biases) or 'llama' (RMSNorm, SwiGLU, rotary, untied, no biases). "
+                        "Explicit flags win.")
+    g.add_argument("--num-layers", type=int, required=True, help="Number of transformer layers.")
+    g.add_argument("--hidden-size", type=int, required=True, help="Transformer hidden size.")
+    g.add_argument("--ffn-hidden-size", type=int, default=None,
+                   help="MLP hidden size; default 4 x hidden size.")
+    g.add_argument("--num-attention-heads", type=int, required=True, help="Number of attention heads.")
+    g.add_argument("--kv-channels", type=int, default=None,
+                   help="Projection size per head; default hidden size / heads.")
+    g.add_argument("--group-query-attention", action="store_true", help="Use grouped-query attention.")
+    g.add_argument("--num-query-groups", type=int, default=1,
+                   help="Number of key/value groups with --group-query-attention.")
+    g.add_argument("--seq-length", type=int, required=True, help="Tokens per training sample.")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="Size of the learned position table; default --seq-length.")
+    g.add_argument("--position-embedding-type", choices=["learned_absolute", "rope", "none"], default=None,
+                   help="Position embedding (default learned_absolute).")
+    g.add_argument("--rotary-base", type=int, default=10000, help="RoPE base.")
+    g.add_argument("--rotary-percent", type=float, default=1.0, help="Fraction of head dims that rotate.")
+    g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default=None,
+                   help="Normalisation layer (default LayerNorm).")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="Epsilon of the normalisation layers.")
+    g.add_argument("--swiglu", action="store_true", default=None, help="SwiGLU MLP instead of GELU.")
+    g.add_argument("--disable-bias-linear", action="store_true", default=None,
+                   help="No biases in the linear layers.")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None,
+                   help="Separate input embedding and output layer weights.")
+    g.add_argument("--init-method-std", type=float, default=0.02, help="Std of the normal weight init.")
+    g.add_argument("--hidden-dropout", type=float, default=0.1, help="Dropout after attention and MLP.")
+    g.add_argument("--attention-dropout", type=float, default=0.1, help="Dropout on attention probabilities.")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="Pad the vocabulary to a multiple of this times the TP size.")
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
+                   help="Layer implementation. Default: transformer_engine when it is importable and CUDA "
+                        "is available, local otherwise (always local on CPU).")
+
+    g = parser.add_argument_group("parallelism and distributed")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="Tensor-parallel size.")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="Pipeline-parallel size.")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="Layers per virtual pipeline stage (interleaved 1F1B schedule).")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="Sequence parallelism (needs TP > 1 and --transformer-impl transformer_engine).")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="Shard optimizer state over data-parallel ranks (GPU only here).")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="Overlap the data-parallel gradient reduction with the backward pass.")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="Overlap the parameter all-gather with the forward pass (distributed optimizer).")
+    g.add_argument("--distributed-backend", choices=["nccl", "gloo"], default=None,
+                   help="torch.distributed backend; default nccl with CUDA, gloo without.")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="Collective timeout.")
+    g.add_argument("--use-cpu-initialization", action="store_true",
+                   help="Initialise weights on CPU. Here it also makes the initial model independent of "
+                        "the TP/PP/VPP layout (each weight drawn from a generator keyed by seed and name).")
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, required=True, help="Samples per micro-batch per DP rank.")
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="Samples per optimizer step over all DP ranks; default micro-batch size x DP.")
+    g.add_argument("--train-iters", type=int, required=True, help="Optimizer steps to train for.")
+    g.add_argument("--seed", type=int, default=1234, help="Random seed.")
+    g.add_argument("--bf16", action="store_true", help="bf16 parameters and activations, fp32 master weights.")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="Optimizer (adam is AdamW).")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1.")
+    g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2.")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon.")
+    g.add_argument("--sgd-momentum", type=float, default=0.9, help="SGD momentum.")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="Decoupled weight decay (not on norms/biases).")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="Global gradient-norm clip (0 disables).")
+    g.add_argument("--exit-interval", type=int, default=None, help="Stop after this iteration (checkpoint first).")
+
+    g = parser.add_argument_group("learning rate")
+    g.add_argument("--lr", type=float, required=True, help="Peak learning rate.")
+    g.add_argument("--min-lr", type=float, default=0.0, help="Learning rate at the end of the decay.")
+    g.add_argument("--lr-decay-style", choices=LR_DECAY_STYLES, default="linear", help="Decay shape.")
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="Iterations to decay over; default --train-iters.")
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="Linear warmup iterations.")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="Warmup as a fraction of --lr-decay-iters (instead of --lr-warmup-iters).")
+    g.add_argument("--lr-warmup-init", type=float, default=0.0, help="Learning rate at the start of warmup.")
+    g.add_argument("--lr-wsd-decay-iters", type=int, default=None, help="Decay iterations of the WSD schedule.")
+    g.add_argument("--lr-wsd-decay-style", choices=["exponential", "linear", "cosine", "minus_sqrt"],
+                   default="exponential", help="Decay shape of the WSD schedule.")
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=None,
+                   help="Indexed-dataset prefixes, optionally weighted: 'w1 prefix1 w2 prefix2 ...'.")
+    g.add_argument("--split", type=str, default="969, 30, 1",
+                   help="Train/validation/test proportions of each dataset, e.g. '98,2,0'.")
+    g.add_argument("--mock-data", action="store_true", help="Synthetic data (megatron's MockGPTDataset).")
+    g.add_argument("--data-cache-path", type=str, default=None,
+                   help="Where the dataset index caches go; default next to the data.")
+    g.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank.")
+    g.add_argument("--eod-mask-loss", action="store_true", help="No loss on end-of-document tokens.")
+    g.add_argument("--reset-position-ids", action="store_true", help="Restart position ids after each EOD.")
+
+    g = parser.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default=None,
+                   help="Tokenizer; default NullTokenizer with --mock-data.")
+    g.add_argument("--tokenizer-model", type=str, default=None,
+                   help="SentencePiece model file or Hugging Face tokenizer directory/file.")
+    g.add_argument("--vocab-file", type=str, default=None, help="GPT-2 BPE vocab.json.")
+    g.add_argument("--merge-file", type=str, default=None, help="GPT-2 BPE merges.txt.")
+    g.add_argument("--vocab-size", type=int, default=None, help="Vocabulary size of the NullTokenizer.")
+
+    g = parser.add_argument_group("MiLe loss")
+    g.add_argument("--loss", choices=LOSS_TYPES, default="cross_entropy",
+                   help="Token weighting of the language-model loss.")
+    g.add_argument("--mile-gamma", type=float, default=1.0, help="MiLe exponent: w = (sigma + H)^gamma.")
+    g.add_argument("--mile-sigma", type=float, default=1.0, help="MiLe offset sigma.")
+    g.add_argument("--focal-gamma", type=float, default=1.0, help="Focal exponent: w = (1 - p_y)^gamma.")
+    g.add_argument("--mile-normalization", choices=NORMALIZATIONS, default="global",
+                   help="'global': sum(w*ce)/sum(w) over the global batch; 'microbatch': the paper code's "
+                        "alpha = 1/mean(w) per micro-batch.")
+
+    g = parser.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-interval", type=int, default=1000, help="Validate every this many iterations.")
+    g.add_argument("--eval-iters", type=int, default=100,
+                   help="Global batches per validation (per dataset of the blend); 0 disables.")
+    g.add_argument("--log-interval", type=int, default=100, help="Print every this many iterations.")
+    g.add_argument("--log-json", type=str, default=None,
+                   help="Append one JSON object per logged iteration (and per validation) to this file.")
+    g.add_argument("--tensorboard-dir", type=str, default=None, help="TensorBoard event directory.")
+    g.add_argument("--tensorboard-log-interval", type=int, default=1, help="TensorBoard scalar interval.")
+
+    g = parser.add_argument_group("checkpointing")
+    g.add_argument("--save", type=str, default=None, help="Checkpoint directory.")
+    g.add_argument("--save-interval", type=int, default=None, help="Save every this many iterations.")
+    g.add_argument("--save-schedule", choices=["interval", "exp"], default="interval",
+                   help="'exp' adds exponentially spaced checkpoints (1, 2, 4, ... iterations) for "
+                        "learning-curve analysis, on top of --save-interval.")
+    g.add_argument("--save-exp-per-doubling", type=int, default=1,
+                   help="With --save-schedule exp: checkpoints per doubling of the iteration count.")
+    g.add_argument("--save-iters", type=_int_list, default=None,
+                   help="Explicit iterations to save at, e.g. '1,2,4,8,100' (on top of the others).")
+    g.add_argument("--load", type=str, default=None, help="Resume from this checkpoint directory.")
+    g.add_argument("--no-load-optim", action="store_true", help="Do not load optimizer and scheduler state.")
+    g.add_argument("--no-load-rng", action="store_true", help="Do not load RNG states.")
+    g.add_argument("--finetune", action="store_true",
+                   help="Load model weights only and start at iteration 0.")
+    g.add_argument("--no-save-final", action="store_true",
+                   help="Do not save a checkpoint at the last iteration.")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None) -> argparse.Namespace:
+    """Parse and validate ``argv`` (default ``sys.argv[1:]``).
+
+    Layout-independent checks always run; with ``world_size`` also :func:`validate_runtime`
+    (which needs the data and tokenizer files to exist). Raises :class:`ConfigError`."""
+    args = build_parser().parse_args(argv)
+    _fill_defaults(args)
+    validate_args(args)
+    if world_size is not None:
+        validate_runtime(args, world_size)
+    return args
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    style = MODEL_STYLES[args.model_style or "gpt2"]
+    for name, value in style.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.ffn_hidden_size is None:
+        # As Megatron-LM: 4h, or for SwiGLU (two input projections) 2/3 of it rounded down to a
+        # multiple of 64, which keeps the parameter count.
+        args.ffn_hidden_size = int(4 * args.hidden_size * 2 / 3 / 64) * 64 if args.swiglu else 4 * args.hidden_size
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if not args.group_query_attention:
+        args.num_query_groups = args.num_attention_heads
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_fraction is not None:
+        args.lr_warmup_iters = int(args.lr_warmup_fraction * args.lr_decay_iters)
+    if args.tokenizer_type is None and args.mock_data:
+        args.tokenizer_type = "NullTokenizer"
+    if args.mock_data and args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
+        args.vocab_size = 512
+
+
+def loss_config_from_args(args: argparse.Namespace) -> LossConfig:
+    return LossConfig(loss=args.loss, mile_gamma=args.mile_gamma, mile_sigma=args.mile_sigma,
+                      focal_gamma=args.focal_gamma, normalization=args.mile_normalization)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks that depend on the flags alone."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
+                 "micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "eval_interval", "log_interval", "num_query_groups"):
+        need(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    need(args.train_iters >= 0, "--train-iters must be >= 0")
+    need(args.num_attention_heads % tp == 0,
+         f"--num-attention-heads ({args.num_attention_heads}) must be divisible by "
+         f"--tensor-model-parallel-size ({tp})")
+    need(args.num_attention_heads % args.num_query_groups == 0,
+         f"--num-attention-heads ({args.num_attention_heads}) must be divisible by --num-query-groups "
+         f"({args.num_query_groups})")
+    need(args.num_query_groups % tp == 0,
+         f"--num-query-groups ({args.num_query_groups}) must be divisible by --tensor-model-parallel-size ({tp})")
+    need(args.kv_channels is not None or args.hidden_size % args.num_attention_heads == 0,
+         f"--hidden-size ({args.hidden_size}) must be divisible by --num-attention-heads "
+         f"({args.num_attention_heads}) unless --kv-channels is given")
+    need(args.ffn_hidden_size % tp == 0,
+         f"--ffn-hidden-size ({args.ffn_hidden_size}) must be divisible by --tensor-model-parallel-size ({tp})")
+    need(args.num_layers % pp == 0,
+         f"--num-layers ({args.num_layers}) must be divisible by --pipeline-model-parallel-size ({pp})")
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        need(pp > 1, "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+        per_stage = args.num_layers // pp
+        need(per_stage % args.num_layers_per_virtual_pipeline_stage == 0,
+             f"layers per pipeline stage ({per_stage}) must be divisible by "
+             f"--num-layers-per-virtual-pipeline-stage ({args.num_layers_per_virtual_pipeline_stage})")
+    if args.position_embedding_type == "learned_absolute":
+        need(args.max_position_embeddings >= args.seq_length,
+             f"--max-position-embeddings ({args.max_position_embeddings}) < --seq-length ({args.seq_length})")
+    if args.global_batch_size is not None:
+        need(args.global_batch_size % args.micro_batch_size == 0,
+             f"--global-batch-size ({args.global_batch_size}) must be divisible by --micro-batch-size "
+             f"({args.micro_batch_size})")
+    if args.sequence_parallel:
+        need(tp > 1, "--sequence-parallel needs --tensor-model-parallel-size > 1")
+        need(args.transformer_impl == "transformer_engine",
+             "--sequence-parallel needs --transformer-impl transformer_engine (the local spec's norms "
+             "do not support it)")
+
+    # Data and tokenizer.
+    need(bool(args.data_path) != bool(args.mock_data),
+         "give exactly one of --data-path PREFIX [...] and --mock-data")
+    need(args.tokenizer_type is not None, "--tokenizer-type is required with --data-path")
+    if args.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer"):
+        need(args.tokenizer_model is not None, f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model")
+    if args.tokenizer_type == "GPT2BPETokenizer":
+        need(args.vocab_file is not None and args.merge_file is not None,
+             "--tokenizer-type GPT2BPETokenizer needs --vocab-file and --merge-file")
+    if args.tokenizer_type == "NullTokenizer":
+        need(args.vocab_size is not None and args.vocab_size > 1, "--tokenizer-type NullTokenizer needs --vocab-size")
+    if args.data_path:
+        from megatron.core.datasets.utils import get_blend_from_list
+
+        try:
+            get_blend_from_list(args.data_path)
+        except AssertionError:
+            raise ConfigError(f"--data-path must be 'prefix ...' or 'weight prefix weight prefix ...', got "
+                              f"{args.data_path}")
+    try:
+        split = [float(x) for x in args.split.replace(" ", "").split(",")]
+    except ValueError:
+        raise ConfigError(f"--split must be comma-separated numbers, got {args.split!r}")
+    need(len(split) <= 3 and all(x >= 0 for x in split) and sum(split) > 0, f"bad --split {args.split!r}")
+
+    # Optimisation.
+    need(args.lr >= 0 and 0 <= args.min_lr <= args.lr, f"need 0 <= --min-lr ({args.min_lr}) <= --lr ({args.lr})")
+    need(args.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
+    need(args.lr_decay_iters > 0 or args.train_iters == 0, "--lr-decay-iters must be positive")
+    if args.lr_decay_style == "WSD":
+        need(args.lr_wsd_decay_iters is not None, "--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    need(args.clip_grad >= 0, "--clip-grad must be >= 0")
+    need(0 <= args.hidden_dropout < 1 and 0 <= args.attention_dropout < 1, "dropout must be in [0, 1)")
+    need(not (args.overlap_param_gather and not args.use_distributed_optimizer),
+         "--overlap-param-gather needs --use-distributed-optimizer")
+
+    # Checkpoints.
+    need(args.save is not None or (args.save_interval is None and args.save_iters is None
+                                   and args.save_schedule == "interval"),
+         "--save-interval / --save-iters / --save-schedule exp need --save DIR")
+    need(args.save_interval is None or args.save_interval > 0, "--save-interval must be positive")
+    need(args.save_exp_per_doubling > 0, "--save-exp-per-doubling must be positive")
+
+    try:
+        loss_config_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc))
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def transformer_engine_available() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def validate_runtime(args: argparse.Namespace, world_size: int) -> None:
+    """Checks that depend on the launch; fills ``args.data_parallel_size``, ``args.num_microbatches``,
+    ``args.global_batch_size``, ``args.transformer_impl`` and ``args.distributed_backend``."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    need(world_size % (tp * pp) == 0,
+         f"world size ({world_size}) must be divisible by --tensor-model-parallel-size ({tp}) x "
+         f"--pipeline-model-parallel-size ({pp})")
+    dp = world_size // (tp * pp)
+    args.data_parallel_size = dp
+    if args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * dp
+    need(args.global_batch_size % (args.micro_batch_size * dp) == 0,
+         f"--global-batch-size ({args.global_batch_size}) must be divisible by --micro-batch-size "
+         f"({args.micro_batch_size}) x data-parallel size ({dp})")
+    args.num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        need(args.num_microbatches % pp == 0,
+             f"the interleaved schedule needs micro-batches per step ({args.num_microbatches}) to be a "
+             f"multiple of --pipeline-model-parallel-size ({pp})")
+
+    has_cuda = cuda_available()
+    if args.distributed_backend is None:
+        args.distributed_backend = "nccl" if has_cuda else "gloo"
+    need(has_cuda or args.distributed_backend == "gloo", "--distributed-backend nccl needs CUDA; use gloo")
+    if args.transformer_impl is None:
+        args.transformer_impl = "transformer_engine" if has_cuda and transformer_engine_available() else "local"
+    if args.transformer_impl == "transformer_engine":
+        need(has_cuda and transformer_engine_available(),
+             "--transformer-impl transformer_engine needs CUDA and transformer-engine installed")
+    need(has_cuda or not args.use_distributed_optimizer,
+         "--use-distributed-optimizer is GPU-only here; drop the flag on CPU")
+
+    if args.data_path:
+        from megatron.core.datasets.utils import get_blend_from_list
+
+        prefixes, _ = get_blend_from_list(args.data_path)
+        for prefix in prefixes:
+            missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+            need(not missing, f"--data-path: dataset file(s) not found: {', '.join(missing)}")
+        from megatron_mile.training.data import check_dataset_splits
+
+        try:
+            check_dataset_splits(args)
+        except ValueError as exc:
+            raise ConfigError(str(exc))
+    for flag, path in (("--tokenizer-model", args.tokenizer_model), ("--vocab-file", args.vocab_file),
+                       ("--merge-file", args.merge_file)):
+        if path is not None and args.tokenizer_type != "NullTokenizer":
+            need(os.path.exists(path), f"{flag}: {path} not found")
+
+
+def save_iterations(args: argparse.Namespace) -> set:
+    """Iterations (1-based) after which a checkpoint is written, besides ``--save-interval``."""
+    its = set(args.save_iters or ())
+    if args.save_schedule == "exp" and args.train_iters > 0:
+        # ceil(2^(k/n)) for k = 0, 1, ...: 1, 2, 4, ... for n = 1; denser for n > 1.
+        k = 0
+        while True:
+            it = math.ceil(2 ** (k / args.save_exp_per_doubling) - 1e-9)
+            if it > args.train_iters:
+                break
+            its.add(it)
+            k += 1
+    if args.save is not None and not args.no_save_final and args.train_iters > 0:
+        its.add(args.train_iters)
+    return {it for it in its if 0 < it <= args.train_iters}
+
+
+def should_save(args: argparse.Namespace, iteration: int, extra: set) -> bool:
+    if args.save is None:
+        return False
+    if args.save_interval and iteration % args.save_interval == 0:
+        return True
+    return iteration in extra
+
+
+def virtual_pipeline_size(args: argparse.Namespace) -> Optional[int]:
+    """Model chunks per pipeline rank for the interleaved schedule (None without it)."""
+    if args.num_layers_per_virtual_pipeline_stage is None:
+        return None
+    return args.num_layers // args.pipeline_model_parallel_size // args.num_layers_per_virtual_pipeline_stage
+
+
+def transformer_config_from_args(args: argparse.Namespace):
+    """megatron-core's ``TransformerConfig`` for these flags (as Megatron-LM's
+    ``core_transformer_config_from_args``), with the platform's pipeline settings."""
+    import torch
+    import torch.nn.functional as F
+    from megatron.core.transformer import TransformerConfig
+
+    from megatron_mile import platform
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    use_te = getattr(args, "transformer_impl", None) == "transformer_engine"
+    return TransformerConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        normalization=args.normalization,
+        layernorm_epsilon=args.norm_epsilon,
+        gated_linear_unit=args.swiglu,
+        activation_func=F.silu if args.swiglu else F.gelu,
+        add_bias_linear=not args.disable_bias_linear,
+        bias_activation_fusion=use_te and args.swiglu,
+        masked_softmax_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        # megatron's own linear layers (the output layer, also under the TE spec) need apex's
+        # fused_weight_gradient_mlp_cuda for this, as Megatron-LM checks too; off on CPU.
+        gradient_accumulation_fusion=use_te and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_size(args),
+        sequence_parallel=args.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=args.bf16,
+        use_cpu_initialization=args.use_cpu_initialization,
+        # The loss function returns sums and token counts; the step divides once per global batch
+        # (see pretrain_gpt.LossDenominator).
+        calculate_per_token_loss=True,
+        deallocate_pipeline_outputs=True,
+        **platform.pipeline_p2p_kwargs(),
+    )

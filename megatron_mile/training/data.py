@@ -1,0 +1,175 @@
+"""Datasets and micro-batch iterators for the training loop.
+
+Datasets come from megatron-core: ``BlendedMegatronDatasetBuilder`` over ``GPTDataset`` for
+``--data-path`` (a weighted blend of indexed datasets, each split train/valid/test by ``--split``)
+or ``MockGPTDataset`` for ``--mock-data``. Besides the blended validation set, each dataset of a
+multi-prefix blend gets its own validation set (its validation split), so a Pile-style blend
+reports validation loss per domain.
+
+Micro-batches are read as Megatron-LM's pretraining sampler reads them: a global batch is
+``num_microbatches`` consecutive chunks of ``micro_batch_size x DP`` samples, and DP rank ``r``
+takes samples ``[r * mbs, (r + 1) * mbs)`` of each chunk. So every layout sees the same samples in
+the same global batch, and resuming at ``consumed_samples`` continues the exact sequence. Every
+rank of the first and last pipeline stages reads its batches itself (no broadcast over TP: the
+samples are memory-mapped and cheap); middle stages read nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.utils import get_blend_from_list
+
+BLEND = "all"
+"""Name of the blended validation set in the per-dataset validation results."""
+
+
+@dataclass
+class TrainingDatasets:
+    train: Optional[torch.utils.data.Dataset]
+    """Blended training samples (None on middle pipeline stages)."""
+    valid: Dict[str, torch.utils.data.Dataset] = field(default_factory=dict)
+    """Validation sets by name: ``"all"`` (the blend) and, for a multi-dataset blend, one per dataset."""
+
+
+def dataset_names(prefixes: List[str]) -> List[str]:
+    """Short unique names for dataset prefixes: the file names without a shared leading part and
+    without preprocess's ``_text_document`` suffix (``demo_Wikipedia_text_document`` ->
+    ``Wikipedia``)."""
+    names = [os.path.basename(p) for p in prefixes]
+    names = [n[: -len("_text_document")] if n.endswith("_text_document") else n for n in names]
+    if len(names) > 1:
+        common = os.path.commonprefix(names)
+        common = common[: common.rfind("_") + 1]  # cut only at a '_' boundary
+        stripped = [n[len(common):] for n in names]
+        if all(stripped) and len(set(stripped)) == len(stripped):
+            names = stripped
+    if len(set(names)) < len(names):  # fall back to unique positional names
+        names = [f"{i}_{n}" for i, n in enumerate(names)]
+    return names
+
+
+def check_dataset_splits(args) -> None:
+    """Raise ``ValueError`` if a split that samples are drawn from holds no tokens in some dataset.
+
+    megatron-core's GPTDataset loops forever on such a split (its epoch count never reaches the
+    requested samples), so a small domain with, say, ``--split 99,1,0`` would hang every rank.
+    Reads only the ``.idx`` files (memory-mapped)."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    prefixes, _ = get_blend_from_list(args.data_path)
+    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(args.split))
+    wanted = {"train": args.train_iters > 0, "validation": args.eval_iters > 0}
+    for prefix in prefixes:
+        index = IndexedDataset(prefix, multimodal=False, mmap=True)
+        num_documents = index.document_indices.shape[0] - 1
+        for name, bookends in zip(("train", "validation"), split_matrix):
+            if not wanted[name]:
+                continue
+            if bookends is None:
+                raise ValueError(f"--split {args.split!r} leaves no {name} split, but {name} samples are needed")
+            first = int(round(bookends[0] * num_documents))
+            last = int(round(bookends[1] * num_documents))
+            seqs = index.document_indices[first], index.document_indices[last]
+            tokens = int(index.sequence_lengths[seqs[0]:seqs[1]].sum()) if last > first else 0
+            if tokens == 0:
+                raise ValueError(
+                    f"the {name} split of {prefix} is empty ({num_documents} documents, --split "
+                    f"{args.split!r}); give that split a larger share or drop the dataset")
+
+
+def _config(args, tokenizer, blend) -> GPTDatasetConfig:
+    return GPTDatasetConfig(
+        random_seed=args.seed,
+        sequence_length=args.seq_length,
+        blend=blend,
+        split=args.split,
+        path_to_cache=args.data_cache_path,
+        tokenizer=tokenizer,
+        reset_position_ids=args.reset_position_ids,
+        reset_attention_mask=False,
+        eod_mask_loss=args.eod_mask_loss,
+        create_attention_mask=False,  # causal attention needs no mask tensor
+    )
+
+
+def _needs_data() -> bool:
+    return parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
+
+
+def build_datasets(args, tokenizer) -> TrainingDatasets:
+    """Train and validation datasets for ``args`` (a collective call: every rank must make it)."""
+    train_samples = args.train_iters * args.global_batch_size
+    valid_samples = args.eval_iters * args.global_batch_size
+    if args.mock_data:
+        builder = BlendedMegatronDatasetBuilder(
+            MockGPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, None))
+        train, valid, _ = builder.build()
+        return TrainingDatasets(train, {BLEND: valid} if valid_samples else {})
+
+    blend = get_blend_from_list(args.data_path)
+    builder = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, blend))
+    train, valid, _ = builder.build()
+    datasets = TrainingDatasets(train, {BLEND: valid} if valid_samples else {})
+    prefixes = blend[0]
+    if valid_samples and len(prefixes) > 1:
+        for name, prefix in zip(dataset_names(prefixes), prefixes):
+            one = BlendedMegatronDatasetBuilder(
+                GPTDataset, [0, valid_samples, 0], _needs_data, _config(args, tokenizer, ([prefix], None)))
+            datasets.valid[name] = one.build()[1]
+    return datasets
+
+
+class MicroBatchSampler:
+    """Megatron-LM's pretraining batch sampler: this DP rank's slice of each ``mbs x DP`` chunk,
+    starting at ``consumed_samples``; an incomplete last chunk is dropped."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int,
+                 dp_rank: int, dp_size: int):
+        self.total_samples = total_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+
+    def __len__(self) -> int:
+        chunk = self.micro_batch_size * self.dp_size
+        return max(0, (self.total_samples - self.consumed_samples) // chunk)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        chunk = self.micro_batch_size * self.dp_size
+        start = self.consumed_samples
+        while start + chunk <= self.total_samples:
+            first = start + self.dp_rank * self.micro_batch_size
+            yield list(range(first, first + self.micro_batch_size))
+            start += chunk
+
+
+def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, num_workers: int) -> Optional[Iterator]:
+    """Iterator over this rank's micro-batches (dicts of ``[mbs, seq]`` tensors), or None on ranks
+    that read no data."""
+    if dataset is None or not _needs_data():
+        return None
+    if multiprocessing.current_process().daemon:
+        num_workers = 0  # a daemonic process (a worker pool) cannot start loader workers
+    sampler = MicroBatchSampler(len(dataset), consumed_samples, micro_batch_size,
+                                parallel_state.get_data_parallel_rank(),
+                                parallel_state.get_data_parallel_world_size())
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        # Its own generator: iter(DataLoader) draws a worker seed, which must not advance the global
+        # RNG (dropout) or validation and resuming would change the training run.
+        generator=torch.Generator().manual_seed(consumed_samples))
+    return iter(loader)
