@@ -321,3 +321,27 @@ def test_loss_config_rejects_unknown_values():
         LossConfig(loss="mle")
     with pytest.raises(ValueError, match="normalization"):
         LossConfig(normalization="token")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multithreaded_sweep_matches_float64_reference(dtype):
+    """With several intra-op threads the sweep splits the tokens over Python threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        logits, target, mask, upstream = _inputs(21, 37, 3, 500)
+        logits = logits.to(dtype).double()
+        z = logits.to(dtype).clone().requires_grad_(True)
+        config = LossConfig(loss="mile", mile_gamma=1.5, mile_sigma=1.0)
+        out = vocab_parallel_weighted_cross_entropy(z * 1, target, config, chunk_tokens=4)
+        (out.weighted_ce * upstream).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    ref_wce, ref_w, _, ref_h, _, _ = float64_objective(logits, target, mask, upstream, "mile", 1.5, 1.0)
+    torch.testing.assert_close(out.weighted_ce.double(), ref_wce, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(out.entropy.double(), ref_h, rtol=2e-5, atol=2e-5)
+    p = torch.softmax(logits, -1)
+    ref_grad = p.scatter_add(-1, target.unsqueeze(-1), -torch.ones_like(p[..., :1]))
+    ref_grad *= (upstream.double() * ref_w).unsqueeze(-1)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(z.grad.double(), ref_grad, rtol=tol, atol=tol)

@@ -22,7 +22,8 @@ The maths lives in :class:`VocabParallelWeightedCrossEntropy` (static steps, no 
 autograd Function sequences the steps and owns the two collectives, as megatron-core does.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -37,8 +38,41 @@ CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 25}
 
 
 def default_chunk_tokens(vocab_partition_size: int, device: torch.device) -> int:
-    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"])
+    elements = CHUNK_ELEMENTS["cpu"] if device.type == "cpu" else CHUNK_ELEMENTS["cuda"]
     return max(1, elements // max(1, vocab_partition_size))
+
+
+_ROW_THREADS: Optional[ThreadPoolExecutor] = None
+
+
+def _without_grad(fn, *args):
+    with torch.no_grad():  # grad mode is per thread; the autograd Function's body runs without it
+        return fn(*args)
+
+
+def _for_row_ranges(sweep: Callable[[int, int], None], n_rows: int, chunk_tokens: int, device) -> None:
+    """Run ``sweep(start, stop)`` over the rows. On CPU with T > 1 intra-op threads, T Python threads
+    each take a contiguous share and run single-threaded ops on it: the chunked sweep issues
+    hundreds of small ops, and an OpenMP fork-join per op stalls whenever a core is busy elsewhere
+    (measured 2-5x slower than one thread on a loaded 2-core machine)."""
+    global _ROW_THREADS
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads <= 1 or n_rows < 2 * chunk_tokens:
+        sweep(0, n_rows)
+        return
+    if _ROW_THREADS is None or _ROW_THREADS._max_workers != threads:
+        _ROW_THREADS = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mile-loss")
+    share = -(-n_rows // threads // chunk_tokens) * chunk_tokens  # whole chunks per thread
+    # Ops called from the pool's threads stay single-threaded: their intra-op thread count is
+    # fixed from the global setting at their first op, which is 1 while this runs.
+    torch.set_num_threads(1)
+    try:
+        futures = [_ROW_THREADS.submit(_without_grad, sweep, lo, min(lo + share, n_rows))
+                   for lo in range(0, n_rows, share)]
+        for future in futures:
+            future.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _tp_group(tp_group=None):
@@ -104,27 +138,31 @@ class VocabParallelWeightedCrossEntropy:
         n_rows, width = logits_2d.shape
         f32 = dict(dtype=torch.float32, device=logits_2d.device)
         local_max, sum_exp, sum_shifted_exp = (torch.empty(n_rows, **f32) for _ in range(3))
-        shifted = torch.empty(min(chunk_tokens, n_rows), width, **f32)
         is_f32 = logits_2d.dtype == torch.float32
-        prob_buf = None if is_f32 else torch.empty_like(shifted)
         softmax_out = torch.ops.aten._softmax.out
-        for start in range(0, n_rows, chunk_tokens):
-            rows = slice(start, start + chunk_tokens)
-            z = logits_2d[rows]
-            t = shifted[: z.shape[0]]
-            m = local_max[rows]
-            if is_f32:
-                torch.amax(z, dim=-1, out=m)
-                torch.sub(z, m.unsqueeze(-1), out=t)
-                p = softmax_out(t, -1, False, out=z)
-            else:  # 16-bit logits: maths in a small float32 buffer, probabilities rounded once
-                t.copy_(z)
-                torch.amax(t, dim=-1, out=m)
-                t.sub_(m.unsqueeze(-1))
-                p = softmax_out(t, -1, False, out=prob_buf[: z.shape[0]])
-                z.copy_(p)
-            s = torch.amax(p, dim=-1, out=sum_exp[rows]).reciprocal_()
-            torch.sum(t.mul_(p), dim=-1, out=sum_shifted_exp[rows]).mul_(s)
+
+        def sweep(begin: int, end: int) -> None:
+            shifted = torch.empty(min(chunk_tokens, end - begin), width, **f32)
+            prob_buf = None if is_f32 else torch.empty_like(shifted)
+            for start in range(begin, end, chunk_tokens):
+                rows = slice(start, min(start + chunk_tokens, end))
+                z = logits_2d[rows]
+                t = shifted[: z.shape[0]]
+                m = local_max[rows]
+                if is_f32:
+                    torch.amax(z, dim=-1, out=m)
+                    torch.sub(z, m.unsqueeze(-1), out=t)
+                    p = softmax_out(t, -1, False, out=z)
+                else:  # 16-bit logits: maths in a small float32 buffer, probabilities rounded once
+                    t.copy_(z)
+                    torch.amax(t, dim=-1, out=m)
+                    t.sub_(m.unsqueeze(-1))
+                    p = softmax_out(t, -1, False, out=prob_buf[: z.shape[0]])
+                    z.copy_(p)
+                s = torch.amax(p, dim=-1, out=sum_exp[rows]).reciprocal_()
+                torch.sum(t.mul_(p), dim=-1, out=sum_shifted_exp[rows]).mul_(s)
+
+        _for_row_ranges(sweep, n_rows, chunk_tokens, logits_2d.device)
         return local_max, sum_exp, sum_shifted_exp
 
     @staticmethod
@@ -158,16 +196,20 @@ class VocabParallelWeightedCrossEntropy:
         """Turn the buffer holding this slice's softmax into the gradient ``row_scale * p``, with
         the target entries set to ``target_grad`` (computed exactly in float32)."""
         if exp_2d.dtype == torch.float32:
-            exp_2d.mul_(row_scale.unsqueeze(-1))
+            exp_2d.mul_(row_scale.unsqueeze(-1))  # one pass, one parallel region
         else:  # multiply in float32, round once
             n_rows, width = exp_2d.shape
-            buf = torch.empty(min(chunk_tokens, n_rows), width, dtype=torch.float32, device=exp_2d.device)
-            for start in range(0, n_rows, chunk_tokens):
-                sl = slice(start, start + chunk_tokens)
-                e = exp_2d[sl]
-                t = buf[: e.shape[0]]
-                t.copy_(e)
-                e.copy_(t.mul_(row_scale[sl].unsqueeze(-1)))
+
+            def sweep(begin: int, end: int) -> None:
+                buf = torch.empty(min(chunk_tokens, end - begin), width, dtype=torch.float32, device=exp_2d.device)
+                for start in range(begin, end, chunk_tokens):
+                    sl = slice(start, min(start + chunk_tokens, end))
+                    e = exp_2d[sl]
+                    t = buf[: e.shape[0]]
+                    t.copy_(e)
+                    e.copy_(t.mul_(row_scale[sl].unsqueeze(-1)))
+
+            _for_row_ranges(sweep, n_rows, chunk_tokens, exp_2d.device)
         exp_2d[rows, cols] = target_grad.to(exp_2d.dtype)
         return exp_2d
 
