@@ -55,7 +55,9 @@ from megatron_mile.model import gpt_model_from_args, initialize_layout_invariant
 from megatron_mile.training import checkpointing
 from megatron_mile.training.arguments import (
     ConfigError,
+    cuda_available,
     parse_args,
+    resolve_precision,
     save_iterations,
     should_save,
     transformer_config_from_args,
@@ -102,6 +104,7 @@ def pretrain(args: Union[argparse.Namespace, Sequence[str]]) -> PretrainResult:
 
     # 1. Everything that can be wrong with the launch, before any collective.
     validate_runtime(args, launch_world_size())
+    args.bf16 = resolve_precision(args, cuda_available()) == "bf16"  # bf16 by default on GPU
     tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
                                 vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
@@ -122,6 +125,7 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
                  f"PP {args.pipeline_model_parallel_size} x DP {args.data_parallel_size}"
                  f"{' x VPP ' + str(virtual_pipeline_size(args)) if virtual_pipeline_size(args) else ''}, "
                  f"{'CPU/gloo' if platform.on_cpu() else 'CUDA'}, {args.transformer_impl} layers, "
+                 f"{'bf16' if args.bf16 else 'fp32'}, "
                  f"loss {args.loss}, vocab {tokenizer.vocab_size} (padded {args.padded_vocab_size})")
 
     # 3. Seeds, then the model: one chunk per virtual pipeline stage, each wrapped in megatron's DDP.
@@ -143,9 +147,14 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
     # 5. Resume.
     iteration, consumed_samples = 0, 0
     if args.load is not None:
-        loaded = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, args)
-        iteration, consumed_samples = loaded.iteration, loaded.consumed_samples
-        logger.print(f"> resumed from {args.load} at iteration {iteration} ({consumed_samples} samples)")
+        # As Megatron-LM: no checkpoint there (yet) means a fresh start; a broken one raises.
+        found = checkpointing.find_checkpoint(args.load)
+        if found.iteration is None:
+            logger.print(found.message)
+        else:
+            loaded = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, args)
+            iteration, consumed_samples = loaded.iteration, loaded.consumed_samples
+            logger.print(f"> resumed from {args.load} at iteration {iteration} ({consumed_samples} samples)")
 
     # 6. Data: this rank's micro-batches, continuing after the consumed samples.
     datasets = build_datasets(args, tokenizer)
@@ -241,7 +250,7 @@ def build_model(args: argparse.Namespace, config) -> List[DistributedDataParalle
 
 def build_optimizer_and_scheduler(args: argparse.Namespace, model):
     """megatron's optimizer (AdamW with fp32 master weights for bf16; no weight decay on biases
-    and norms) and its LR/WD scheduler, counted in iterations."""
+    and norms) and its LR/WD scheduler (:func:`build_scheduler`)."""
     optimizer_config = OptimizerConfig(
         optimizer=args.optimizer,
         lr=args.lr,
@@ -259,13 +268,21 @@ def build_optimizer_and_scheduler(args: argparse.Namespace, model):
     )
     with platform.cuda_to_cpu():  # the loss-scale tensor is created on "cuda"
         optimizer = get_megatron_optimizer(optimizer_config, model)
-    scheduler = OptimizerParamScheduler(
+    return optimizer, build_scheduler(args, optimizer)
+
+
+def build_scheduler(args: argparse.Namespace, optimizer) -> OptimizerParamScheduler:
+    """megatron's LR/WD scheduler, counted in iterations (it only touches ``optimizer.param_groups``)."""
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=args.lr_warmup_init,
         max_lr=args.lr,
         min_lr=args.min_lr,
         lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=args.lr_decay_iters,
+        # validate_args ensures warmup < decay when training; with --train-iters 0 the schedule is
+        # never stepped, but megatron still asserts it.
+        lr_decay_steps=args.lr_decay_iters if args.train_iters > 0 else max(args.lr_decay_iters,
+                                                                            args.lr_warmup_iters + 1),
         lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,
@@ -274,7 +291,6 @@ def build_optimizer_and_scheduler(args: argparse.Namespace, model):
         wsd_decay_steps=args.lr_wsd_decay_iters,
         lr_wsd_decay_style=args.lr_wsd_decay_style,
     )
-    return optimizer, scheduler
 
 
 class LossDenominator:

@@ -11,6 +11,7 @@ from megatron_mile.training.arguments import (
     ConfigError,
     build_parser,
     parse_args,
+    resolve_precision,
     save_iterations,
     should_save,
     validate_runtime,
@@ -114,3 +115,149 @@ def test_validate_runtime_is_idempotent():
     first = argparse.Namespace(**vars(args))
     validate_runtime(args, 2)
     assert vars(args) == vars(first)
+
+
+# --- precision -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, cuda, expected", [
+    ("", True, "bf16"),            # GPU default
+    ("", False, "fp32"),           # CPU default
+    ("--fp32", True, "fp32"),      # opt-out on GPU
+    ("--bf16", False, "bf16"),     # explicit bf16 on CPU
+    ("--bf16", True, "bf16"),
+    ("--fp32", False, "fp32"),
+])
+def test_precision_defaults_to_bf16_on_gpu_only(extra, cuda, expected):
+    args = args_of(extra)
+    before = vars(args).copy()
+    assert resolve_precision(args, cuda_available=cuda) == expected
+    assert vars(args) == before  # pure
+
+
+def test_bf16_and_fp32_exclude_each_other():
+    with pytest.raises(ConfigError, match="at most one of --bf16 and --fp32"):
+        args_of("--bf16 --fp32")
+
+
+# --- learning-rate schedule: rejected up front exactly where megatron's scheduler would assert ----
+
+class _FakeOptimizer:
+    def __init__(self):
+        self.param_groups = [{"params": []}]
+
+
+def _parse_unvalidated(extra):
+    from megatron_mile.training import arguments
+
+    args = build_parser().parse_args(TINY + extra.split())
+    arguments._fill_defaults(args)
+    return args
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("--lr-warmup-iters 10", "warmup iterations (10, --lr-warmup-iters) must be fewer than the decay iterations (10"),
+    ("--lr-warmup-iters 25", "warmup iterations (25, --lr-warmup-iters) must be fewer than the decay iterations (10"),
+    ("--lr-warmup-iters 6 --lr-decay-iters 5", "must be fewer than the decay iterations (5, --lr-decay-iters"),
+    ("--min-lr 1e-2", "need 0 <= --min-lr (0.01) <= --lr (0.001)"),
+    ("--lr-warmup-init 1e-2", "need 0 <= --lr-warmup-init (0.01) <= --lr (0.001)"),
+    ("--weight-decay -0.1", "--weight-decay must be >= 0"),
+])
+def test_scheduler_inconsistencies_are_config_errors(extra, message):
+    """Each case is one megatron's OptimizerParamScheduler asserts on; we reject it with a message."""
+    from megatron_mile.pretrain_gpt import build_scheduler
+
+    with pytest.raises(ConfigError) as err:
+        args_of(extra)
+    assert message in str(err.value)
+    with pytest.raises(AssertionError):  # what the run would have died of, after building the model
+        build_scheduler(_parse_unvalidated(extra), _FakeOptimizer())
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("--lr-warmup-fraction 1.0", "--lr-warmup-fraction must be in [0, 1)"),
+    ("--lr-warmup-fraction 0.1 --lr-warmup-iters 2", "only one of --lr-warmup-iters and --lr-warmup-fraction"),
+    ("--lr-decay-style WSD --lr-wsd-decay-iters 20", "--lr-wsd-decay-iters (20) must be in [1, decay iterations (10)]"),
+])
+def test_warmup_fraction_and_wsd_checks(extra, message):
+    with pytest.raises(ConfigError) as err:
+        args_of(extra)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("extra", ["--lr-warmup-iters 9", "--lr-warmup-iters 3 --lr-decay-iters 4",
+                                   "--lr-warmup-fraction 0.9 --lr-decay-style cosine --min-lr 1e-3",
+                                   "--lr-decay-style WSD --lr-wsd-decay-iters 10 --lr-warmup-iters 2",
+                                   "--train-iters 0 --lr-warmup-iters 5"])
+def test_accepted_schedules_run_through_megatron(extra):
+    """The boundary cases validation accepts construct and step megatron's scheduler to the end."""
+    from megatron_mile.pretrain_gpt import build_scheduler
+
+    args = args_of(extra)
+    optimizer = _FakeOptimizer()
+    scheduler = build_scheduler(args, optimizer)
+    for it in range(1, args.train_iters + 1):
+        scheduler.step(increment=1)
+        lr = optimizer.param_groups[0]["lr"]
+        assert 0 <= lr <= args.lr + 1e-12
+        if it > args.lr_warmup_iters:  # warmup starts from --lr-warmup-init, below --min-lr
+            assert lr >= args.min_lr - 1e-12
+
+
+# --- --load ----------------------------------------------------------------------------------------
+
+def test_load_from_nothing_starts_from_scratch(tmp_path):
+    from megatron_mile.training.checkpointing import find_checkpoint
+
+    missing = find_checkpoint(str(tmp_path / "nope"))
+    assert missing.iteration is None and missing.message.startswith("WARNING:") and "does not exist" in missing.message
+    (tmp_path / "iter_0000003.tmp").mkdir()  # a crashed save leaves only a temp dir
+    empty = find_checkpoint(str(tmp_path))
+    assert empty.iteration is None and "starts from scratch" in empty.message
+    assert not empty.message.startswith("WARNING")
+
+
+@pytest.mark.parametrize("setup, message", [
+    ({"latest_checkpointed_iteration.txt": "7"}, "names iteration 7, but .*iter_0000007 does not exist"),
+    ({"latest_checkpointed_iteration.txt": "7", "iter_0000007/args.json": "{}"},
+     "iter_0000007 is incomplete \\(no metadata.json, common.pt\\)"),
+    ({"latest_checkpointed_iteration.txt": "seven"}, "should hold an iteration number, found 'seven'"),
+    ({"iter_0000004/args.json": "{}"}, "has checkpoints \\(iterations \\[4\\]\\) but no latest_checkpointed_iteration.txt"),
+])
+def test_load_from_a_broken_checkpoint_raises(tmp_path, setup, message):
+    from megatron_mile.training.checkpointing import CheckpointError, find_checkpoint, load_checkpoint
+
+    for name, text in setup.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        find_checkpoint(str(tmp_path))
+    with pytest.raises(CheckpointError, match=message):  # also before touching the model
+        load_checkpoint(str(tmp_path), None, None, None, args_of())
+
+
+# --- mock data -------------------------------------------------------------------------------------
+
+def test_mock_data_index_grows_with_the_run_not_with_megatrons_corpus():
+    """The mock train split indexes what the run needs (megatron's default corpus indexed 2.1M
+    samples per split at seq 32 on every rank); samples keep megatron's mock pattern."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+
+    from megatron_mile.data.tokenizers import build_tokenizer
+    from megatron_mile.training.data import SmallMockGPTDataset, _config
+
+    args = args_of("--vocab-size 255")
+    tokenizer = build_tokenizer("NullTokenizer", vocab_size=255)
+    sizes = {}
+    for samples in (80, 200_000):
+        train, _, _ = BlendedMegatronDatasetBuilder(
+            SmallMockGPTDataset, [samples, 0, 0], lambda: True, _config(args, tokenizer, None)).build()
+        assert len(train) >= samples
+        sizes[samples] = len(train)
+    assert sizes[80] < 50_000 and sizes[200_000] < 300_000
+    sample = train[5]
+    tokens, labels = sample["tokens"], sample["labels"]
+    assert tokens.shape == labels.shape == (32,)
+    assert (labels[:-1] == tokens[1:]).all()
+    # consecutive tokens count up by one, except around an end-of-document token
+    steps = (tokens[1:] - tokens[:-1]) % 255
+    assert ((steps == 1) | (tokens[1:] == tokenizer.eod) | (tokens[:-1] == tokenizer.eod)).all()

@@ -111,6 +111,19 @@ def test_resume_into_another_layout(dist_pool, tmp_path):
         assert _close(a[1:], b[1:], 1e-5), (a, b)
 
 
+def test_load_without_a_checkpoint_starts_from_scratch(dist_pool, tmp_path):
+    """--load on an empty or a missing directory trains from iteration 1, as the run without --load
+    (Megatron-LM's behaviour: the first job of a chain that saves to and loads from one directory)."""
+    flags = ["--train-iters", "2", *NO_DROPOUT]
+    fresh = run(dist_pool, LAYOUTS[0], *flags)[0]
+    (tmp_path / "empty").mkdir()
+    for load in (tmp_path / "empty", tmp_path / "missing"):
+        metrics = run(dist_pool, LAYOUTS[0], *flags, "--load", str(load))[0]
+        assert [m[0] for m in metrics] == [1, 2]
+        for a, b in zip(metrics, fresh):
+            assert _close(a[1:], b[1:], 1e-6), (load, a, b)
+
+
 def _load_and_score(checkpoint_dir):
     import torch
 

@@ -97,6 +97,8 @@ TRAINING_ARGS=(
 )
 if [[ "${BF16}" == 1 ]]; then
     TRAINING_ARGS+=(--bf16)
+else
+    TRAINING_ARGS+=(--fp32)  # bf16 is the default on GPU
 fi
 
 LOSS_ARGS=(--loss "${LOSS}")

@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Samples per optimizer step over all DP ranks; default micro-batch size x DP.")
     g.add_argument("--train-iters", type=int, required=True, help="Optimizer steps to train for.")
     g.add_argument("--seed", type=int, default=1234, help="Random seed.")
-    g.add_argument("--bf16", action="store_true", help="bf16 parameters and activations, fp32 master weights.")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 parameters and activations, fp32 master weights. The default with CUDA; "
+                        "on CPU the default is fp32 (see --fp32).")
+    g.add_argument("--fp32", action="store_true",
+                   help="Train in fp32 even when CUDA is available (there the default is --bf16).")
     g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="Optimizer (adam is AdamW).")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1.")
     g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2.")
@@ -237,6 +241,10 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_fraction is not None:
+        if args.lr_warmup_iters != 0:
+            raise ConfigError("give only one of --lr-warmup-iters and --lr-warmup-fraction")
+        if not 0 <= args.lr_warmup_fraction < 1:
+            raise ConfigError(f"--lr-warmup-fraction must be in [0, 1), got {args.lr_warmup_fraction}")
         args.lr_warmup_iters = int(args.lr_warmup_fraction * args.lr_decay_iters)
     if args.tokenizer_type is None and args.mock_data:
         args.tokenizer_type = "NullTokenizer"
@@ -320,12 +328,26 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--split must be comma-separated numbers, got {args.split!r}")
     need(len(split) <= 3 and all(x >= 0 for x in split) and sum(split) > 0, f"bad --split {args.split!r}")
 
-    # Optimisation.
+    # Optimisation. The learning-rate checks are the assertions of megatron's OptimizerParamScheduler
+    # (which would otherwise fail with a bare AssertionError after the model is built).
+    need(not (args.bf16 and args.fp32), "give at most one of --bf16 and --fp32")
     need(args.lr >= 0 and 0 <= args.min_lr <= args.lr, f"need 0 <= --min-lr ({args.min_lr}) <= --lr ({args.lr})")
+    need(0 <= args.lr_warmup_init <= args.lr,
+         f"need 0 <= --lr-warmup-init ({args.lr_warmup_init}) <= --lr ({args.lr})")
     need(args.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
-    need(args.lr_decay_iters > 0 or args.train_iters == 0, "--lr-decay-iters must be positive")
+    if args.train_iters > 0:
+        need(args.lr_decay_iters > 0, "--lr-decay-iters must be positive")
+        warmup_source = ("--lr-warmup-fraction " + str(args.lr_warmup_fraction)
+                         if args.lr_warmup_fraction is not None else "--lr-warmup-iters")
+        need(args.lr_warmup_iters < args.lr_decay_iters,
+             f"warmup iterations ({args.lr_warmup_iters}, {warmup_source}) must be fewer than the decay "
+             f"iterations ({args.lr_decay_iters}, --lr-decay-iters, default --train-iters)")
     if args.lr_decay_style == "WSD":
         need(args.lr_wsd_decay_iters is not None, "--lr-decay-style WSD needs --lr-wsd-decay-iters")
+        need(0 < args.lr_wsd_decay_iters <= args.lr_decay_iters or args.train_iters == 0,
+             f"--lr-wsd-decay-iters ({args.lr_wsd_decay_iters}) must be in [1, decay iterations "
+             f"({args.lr_decay_iters})]")
+    need(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     need(args.clip_grad >= 0, "--clip-grad must be >= 0")
     need(0 <= args.hidden_dropout < 1 and 0 <= args.attention_dropout < 1, "dropout must be in [0, 1)")
     need(not (args.overlap_param_gather and not args.use_distributed_optimizer),
@@ -352,6 +374,17 @@ def cuda_available() -> bool:
 
 def transformer_engine_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
+
+
+def resolve_precision(args: argparse.Namespace, cuda_available: bool) -> str:
+    """The training precision, ``"bf16"`` or ``"fp32"``: an explicit ``--bf16`` / ``--fp32`` wins;
+    otherwise bf16 with CUDA (as one would train on GPUs) and fp32 on CPU (where bf16 is slow).
+    Pure: it reads the flags and does not change ``args``."""
+    if args.bf16:
+        return "bf16"
+    if args.fp32:
+        return "fp32"
+    return "bf16" if cuda_available else "fp32"
 
 
 def validate_runtime(args: argparse.Namespace, world_size: int) -> None:

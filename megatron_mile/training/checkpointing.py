@@ -54,13 +54,62 @@ def checkpoint_name(save_dir: str, iteration: int) -> str:
     return os.path.join(save_dir, f"iter_{iteration:07d}")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that names a checkpoint which cannot be read (partial or corrupt)."""
+
+
 def read_latest_iteration(save_dir: str) -> Optional[int]:
-    """The iteration in ``<save_dir>/latest_checkpointed_iteration.txt``, or None."""
+    """The iteration in ``<save_dir>/latest_checkpointed_iteration.txt``, or None if there is no
+    such file. Raises :class:`CheckpointError` if the file does not hold an iteration number."""
     path = os.path.join(save_dir, TRACKER_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return int(f.read().strip())
+        text = f.read().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise CheckpointError(f"{path} should hold an iteration number, found {text[:40]!r}") from None
+
+
+@dataclass
+class FoundCheckpoint:
+    iteration: Optional[int]
+    """The iteration to resume from, or None: start from scratch."""
+    message: str
+    """What to log when there is nothing to load (empty otherwise)."""
+
+
+def find_checkpoint(load_dir: str) -> FoundCheckpoint:
+    """What ``--load load_dir`` resumes from, as Megatron-LM decides it (no collective, no model).
+
+    * ``load_dir`` does not exist: nothing to load, with a warning (a typo is likely).
+    * no tracker file (e.g. the first job of a chain that saves to and loads from one directory,
+      or only a crashed ``iter_N.tmp``): nothing to load, start from scratch.
+    * the tracker names a checkpoint that is missing or incomplete, or the tracker is garbled:
+      :class:`CheckpointError` (starting from scratch would silently discard the run)."""
+    if not os.path.exists(load_dir):
+        return FoundCheckpoint(None, f"WARNING: --load {load_dir} does not exist; no checkpoint loaded, "
+                                     f"training starts from scratch")
+    if not os.path.isdir(load_dir):
+        raise CheckpointError(f"--load {load_dir} is not a directory")
+    iteration = read_latest_iteration(load_dir)
+    if iteration is None:
+        complete = list_checkpoints(load_dir)
+        if complete:
+            raise CheckpointError(
+                f"--load {load_dir} has checkpoints (iterations {complete}) but no {TRACKER_FILE}; write the "
+                f"iteration to resume from into that file, or load from an empty directory to start over")
+        return FoundCheckpoint(None, f"> no checkpoint in {load_dir} ({TRACKER_FILE} not found): "
+                                     f"training starts from scratch")
+    path = checkpoint_name(load_dir, iteration)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--load {load_dir}: {TRACKER_FILE} names iteration {iteration}, but {path} "
+                              f"does not exist")
+    missing = [name for name in ("metadata.json", "common.pt") if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise CheckpointError(f"--load {load_dir}: checkpoint {path} is incomplete (no {', '.join(missing)})")
+    return FoundCheckpoint(iteration, "")
 
 
 def list_checkpoints(save_dir: str) -> List[int]:
@@ -162,9 +211,9 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> 
     """Resume from the latest checkpoint in ``load_dir`` (collective). With ``--finetune`` only the
     model is loaded and training starts at iteration 0; ``--no-load-optim`` / ``--no-load-rng``
     skip those parts. Returns the iteration and consumed samples to continue from."""
-    iteration = read_latest_iteration(load_dir)
+    iteration = find_checkpoint(load_dir).iteration
     if iteration is None:
-        raise FileNotFoundError(f"--load {load_dir}: no {TRACKER_FILE} (no complete checkpoint there)")
+        raise CheckpointError(f"--load {load_dir}: no checkpoint there ({TRACKER_FILE} not found)")
     path = checkpoint_name(load_dir, iteration)
     common = dist_checkpointing.load_common_state_dict(path)
     same_layout = tuple(common.get("layout", ())) == _layout()

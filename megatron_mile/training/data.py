@@ -2,7 +2,8 @@
 
 Datasets come from megatron-core: ``BlendedMegatronDatasetBuilder`` over ``GPTDataset`` for
 ``--data-path`` (a weighted blend of indexed datasets, each split train/valid/test by ``--split``)
-or ``MockGPTDataset`` for ``--mock-data``. Besides the blended validation set, each dataset of a
+or megatron's ``MockGPTDataset`` for ``--mock-data`` (over a smaller mock corpus, see
+:class:`SmallMockGPTDataset`). Besides the blended validation set, each dataset of a
 multi-prefix blend gets its own validation set (its validation split), so a Pile-style blend
 reports validation loss per domain.
 
@@ -24,7 +25,7 @@ from typing import Dict, Iterator, List, Optional
 import torch
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset, MockGPTLowLevelDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 BLEND = "all"
@@ -104,6 +105,30 @@ def _config(args, tokenizer, blend) -> GPTDatasetConfig:
     )
 
 
+class SmallMockGPTLowLevelDataset(MockGPTLowLevelDataset):
+    """megatron's mock documents (``1, 2, 3, ... EOD`` with seeded random lengths below 4096),
+    1000 of them instead of 100,000."""
+
+    size = 1000
+
+
+class SmallMockGPTDataset(MockGPTDataset):
+    """``MockGPTDataset`` over :class:`SmallMockGPTLowLevelDataset`.
+
+    megatron's mock corpus has 100,000 documents (~205M tokens), and ``GPTDataset`` indexes at
+    least one whole epoch of each split (the mock split is 1:1:1, whatever ``--split`` says): at
+    ``--seq-length 32`` that is 2.1M samples and a 2.1M-entry shuffle per split (train, valid and
+    test, the last with 0 samples requested), built on every rank since mock indexes are never
+    cached. That cost ~0.25 s per rank, serialised across the ranks sharing the cores, before
+    the first step of every run. With 1000 documents an epoch is ~680k tokens per split and
+    ``GPTDataset`` adds epochs as the requested samples need, so the index grows with the run
+    instead of with megatron's constant."""
+
+    @staticmethod
+    def build_low_level_dataset(dataset_path, config: GPTDatasetConfig) -> SmallMockGPTLowLevelDataset:
+        return SmallMockGPTLowLevelDataset(config.tokenizer)
+
+
 def _needs_data() -> bool:
     return parallel_state.is_pipeline_first_stage() or parallel_state.is_pipeline_last_stage()
 
@@ -114,7 +139,7 @@ def build_datasets(args, tokenizer) -> TrainingDatasets:
     valid_samples = args.eval_iters * args.global_batch_size
     if args.mock_data:
         builder = BlendedMegatronDatasetBuilder(
-            MockGPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, None))
+            SmallMockGPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, None))
         train, valid, _ = builder.build()
         return TrainingDatasets(train, {BLEND: valid} if valid_samples else {})
 
