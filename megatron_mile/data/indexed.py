@@ -46,6 +46,14 @@ def tmp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
 
 
+def remove_temporaries(prefix: str) -> None:
+    """Delete this process's temporary files of dataset ``prefix`` (all of them, whether or not
+    its writer finished constructing: a signal can arrive in between)."""
+    for suffix in (".bin", ".lengths", ".docidx", ".idx"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_name(prefix + suffix))
+
+
 def read_index_header(idx_path: str) -> tuple[type, int, int]:
     """``(dtype, sequence_count, document_count)`` parsed from an ``.idx`` header."""
     with open(idx_path, "rb") as f:
@@ -169,6 +177,4 @@ class IndexedDatasetWriter:
         for f in (self._bin, self._lens, self._docs):
             with contextlib.suppress(Exception):
                 f.close()
-        for path in (self._bin_tmp, self._lens_tmp, self._docs_tmp, tmp_name(self.idx_path)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        remove_temporaries(self.prefix)

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from megatron_mile.data.indexed import IndexedDatasetWriter, optimal_dtype, tmp_name
+from megatron_mile.data.indexed import IndexedDatasetWriter, optimal_dtype, remove_temporaries, tmp_name
 from megatron_mile.data.jsonl import InputError, expand_inputs, input_size, iter_blocks
 from megatron_mile.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 
@@ -298,6 +298,7 @@ class _Outputs:
         self.writers: dict = {}
         self.text_bytes: dict = collections.Counter()
         self._names: dict = {}  # safe name -> domain, to catch two domains with one file name
+        self._started: list = []  # prefixes whose writer was (being) created
 
     def writer(self, key: str, domain: Optional[str]) -> IndexedDatasetWriter:
         w = self.writers.get((key, domain))
@@ -308,6 +309,7 @@ class _Outputs:
                 if other != domain:
                     raise ValueError(f"domains {other!r} and {domain!r} map to the same file "
                                      f"name {safe_name(domain)!r}")
+            self._started.append(prefix)  # before any file exists, so abort() can remove them all
             w = self.writers[(key, domain)] = IndexedDatasetWriter(prefix, self.dtype)
         return w
 
@@ -323,6 +325,8 @@ class _Outputs:
     def abort(self) -> None:
         for w in self.writers.values():
             w.abort()
+        for prefix in self._started:
+            remove_temporaries(prefix)
 
 
 class _Progress:
