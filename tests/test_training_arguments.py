@@ -261,3 +261,23 @@ def test_mock_data_index_grows_with_the_run_not_with_megatrons_corpus():
     # consecutive tokens count up by one, except around an end-of-document token
     steps = (tokens[1:] - tokens[:-1]) % 255
     assert ((steps == 1) | (tokens[1:] == tokenizer.eod) | (tokens[:-1] == tokenizer.eod)).all()
+
+
+def test_a_split_shorter_than_one_sample_is_a_config_error(tmp_path):
+    """A domain whose validation share holds fewer than seq_length + 1 tokens would make megatron's
+    blend assert (or its GPTDataset loop forever): rejected up front, naming the dataset."""
+    import numpy as np
+
+    from megatron_mile.data.indexed import IndexedDatasetWriter
+
+    prefix = str(tmp_path / "small_text_document")
+    writer = IndexedDatasetWriter(prefix, np.uint16)
+    lengths = np.array([200] * 9 + [10], dtype=np.int32)  # the last 10% is one 10-token document
+    writer.add_documents(np.arange(lengths.sum()) % 50, lengths)
+    writer.finalize()
+    argv = [a for a in TINY if a != "--mock-data"] + [
+        "--data-path", prefix, "--tokenizer-type", "NullTokenizer", "--vocab-size", "64",
+        "--eval-iters", "1", "--eval-interval", "5"]
+    with pytest.raises(ConfigError, match=r"validation split of .*small_text_document holds 10 tokens"):
+        parse_args(argv + ["--split", "90,10,0"], world_size=1)
+    parse_args(argv + ["--split", "80,20,0"], world_size=1)  # 2 documents, 210 tokens: fine

@@ -58,7 +58,7 @@ def dataset_names(prefixes: List[str]) -> List[str]:
 
 
 def check_dataset_splits(args) -> None:
-    """Raise ``ValueError`` if a split that samples are drawn from holds no tokens in some dataset.
+    """Raise ``ValueError`` if a split that samples are drawn from holds less than one sample in some dataset.
 
     megatron-core's GPTDataset loops forever on such a split (its epoch count never reaches the
     requested samples), so a small domain with, say, ``--split 99,1,0`` would hang every rank.
@@ -84,9 +84,12 @@ def check_dataset_splits(args) -> None:
             last = int(round(bookends[1] * num_documents))
             seqs = index.document_indices[first], index.document_indices[last]
             tokens = int(index.sequence_lengths[seqs[0]:seqs[1]].sum()) if last > first else 0
-            if tokens == 0:
+            # One sample needs seq_length + 1 tokens; with fewer, megatron's blend asserts (weights
+            # from sizes) or its GPTDataset never fills the requested samples (given weights).
+            if tokens < args.seq_length + 1:
                 raise ValueError(
-                    f"the {name} split of {prefix} is empty ({num_documents} documents, --split "
+                    f"the {name} split of {prefix} holds {tokens} tokens, fewer than one sample of "
+                    f"--seq-length {args.seq_length} + 1 ({num_documents} documents, --split "
                     f"{args.split!r}); give that split a larger share or drop the dataset")
 
 
