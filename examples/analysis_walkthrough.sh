@@ -25,7 +25,7 @@ source "${REPO}/examples/configs/run_cmd.sh"
 # the held-out documents are never trained on); a 2048-piece BPE so that the rare tail is populated.
 : "${CORPUS_MB:=4}"
 : "${VOCAB:=2048}"
-: "${SPLIT:=90,10,0}"
+: "${SPLIT:=80,20,0}"
 # Model and training: a 2-layer LLaMA-style model, 256 steps of 16 x 128 tokens.
 : "${LAYERS:=2}"
 : "${HIDDEN:=128}"
