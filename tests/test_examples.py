@@ -82,13 +82,14 @@ def parse_pretrain(argv: list[str], world_size: int):
 
 
 def write_dataset(prefix: str, documents: int = 400) -> None:
-    """A small valid Megatron indexed dataset ``prefix.{bin,idx}`` (the launch checks read it)."""
+    """A small valid Megatron indexed dataset ``prefix.{bin,idx}`` (the launch checks read it):
+    documents of 600-800 tokens, so even a 0.5% validation share holds a 1024-token sample."""
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
     rng = np.random.default_rng(0)
-    for length in rng.integers(20, 60, documents):
+    for length in rng.integers(600, 800, documents):
         builder.add_document(rng.integers(0, 32000, length, dtype=np.uint16), [int(length)])
     builder.finalize(prefix + ".idx")
 
