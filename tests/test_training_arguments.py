@@ -264,8 +264,9 @@ def test_mock_data_index_grows_with_the_run_not_with_megatrons_corpus():
 
 
 def test_a_split_shorter_than_one_sample_is_a_config_error(tmp_path):
-    """A domain whose validation share holds fewer than seq_length + 1 tokens would make megatron's
-    blend assert (or its GPTDataset loop forever): rejected up front, naming the dataset."""
+    """A split megatron cannot draw samples from is rejected up front, naming the dataset: in an
+    unweighted blend fewer than seq_length + 1 tokens (megatron asserts), in a weighted one no token
+    (GPTDataset loops forever)."""
     import numpy as np
 
     from megatron_mile.data.indexed import IndexedDatasetWriter
@@ -281,3 +282,9 @@ def test_a_split_shorter_than_one_sample_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"validation split of .*small_text_document holds 10 tokens"):
         parse_args(argv + ["--split", "90,10,0"], world_size=1)
     parse_args(argv + ["--split", "80,20,0"], world_size=1)  # 2 documents, 210 tokens: fine
+    # A weighted blend concatenates epochs, so 10 tokens suffice; 0 tokens never do.
+    weighted = [a if a != prefix else f"1.0 {prefix}" for a in argv]
+    weighted = " ".join(weighted).split()
+    parse_args(weighted + ["--split", "90,10,0"], world_size=1)
+    with pytest.raises(ConfigError, match=r"validation split .* holds 0 tokens, less than any token"):
+        parse_args(weighted + ["--split", "95,5,0"], world_size=1)  # 0.5 of 10 documents rounds to none

@@ -58,7 +58,7 @@ def dataset_names(prefixes: List[str]) -> List[str]:
 
 
 def check_dataset_splits(args) -> None:
-    """Raise ``ValueError`` if a split that samples are drawn from holds less than one sample in some dataset.
+    """Raise ``ValueError`` if a split that samples are drawn from cannot give samples in some dataset.
 
     megatron-core's GPTDataset loops forever on such a split (its epoch count never reaches the
     requested samples), so a small domain with, say, ``--split 99,1,0`` would hang every rank.
@@ -69,7 +69,10 @@ def check_dataset_splits(args) -> None:
     )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    prefixes, _ = get_blend_from_list(args.data_path)
+    prefixes, weights = get_blend_from_list(args.data_path)
+    # With given weights GPTDataset concatenates epochs, so any token will do (none loops forever);
+    # without, megatron weights each dataset by its samples in one epoch and asserts they are > 0.
+    min_tokens = 1 if weights is not None else args.seq_length + 1
     split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(args.split))
     wanted = {"train": args.train_iters > 0, "validation": args.eval_iters > 0}
     for prefix in prefixes:
@@ -84,13 +87,13 @@ def check_dataset_splits(args) -> None:
             last = int(round(bookends[1] * num_documents))
             seqs = index.document_indices[first], index.document_indices[last]
             tokens = int(index.sequence_lengths[seqs[0]:seqs[1]].sum()) if last > first else 0
-            # One sample needs seq_length + 1 tokens; with fewer, megatron's blend asserts (weights
-            # from sizes) or its GPTDataset never fills the requested samples (given weights).
-            if tokens < args.seq_length + 1:
+            if tokens < min_tokens:
+                need = "any token" if weights is not None else (
+                    f"one sample of --seq-length {args.seq_length} + 1 tokens (an unweighted blend)")
                 raise ValueError(
-                    f"the {name} split of {prefix} holds {tokens} tokens, fewer than one sample of "
-                    f"--seq-length {args.seq_length} + 1 ({num_documents} documents, --split "
-                    f"{args.split!r}); give that split a larger share or drop the dataset")
+                    f"the {name} split of {prefix} holds {tokens} tokens, less than {need} "
+                    f"({num_documents} documents, --split {args.split!r}); give that split a larger "
+                    f"share, weight the blend, or drop the dataset")
 
 
 def _config(args, tokenizer, blend) -> GPTDatasetConfig:
