@@ -106,7 +106,7 @@ def main(argv=None) -> None:
     from megatron_mile.data.tokenizers import build_tokenizer
     from megatron_mile.model import padded_vocab_size
     from megatron_mile.pretrain_gpt import (
-        LossDenominator,
+        connect_schedule_hooks,
         build_model,
         build_optimizer_and_scheduler,
         forward_step,
@@ -140,10 +140,7 @@ def main(argv=None) -> None:
     config = transformer_config_from_args(args)
     model = build_model(args, config)
     optimizer, scheduler = build_optimizer_and_scheduler(args, model)
-    denominator = LossDenominator()
-    config.grad_scale_func = optimizer.scale_loss
-    config.finalize_model_grads_func = denominator.finalize_model_grads
-    config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+    denominator = connect_schedule_hooks(args, config, model, optimizer)
     batches = micro_batches(build_datasets(args, tokenizer).train, 0, args.micro_batch_size, 0)
     step_fn = partial(forward_step, denominator, args.mile_normalization)
     forward_backward = get_forward_backward_func()

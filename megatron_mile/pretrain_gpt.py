@@ -135,14 +135,7 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
 
     # 4. Optimizer and learning-rate schedule; the hooks megatron's schedules call.
     optimizer, scheduler = build_optimizer_and_scheduler(args, model)
-    denominator = LossDenominator()
-    config.grad_scale_func = optimizer.scale_loss
-    config.finalize_model_grads_func = denominator.finalize_model_grads
-    config.no_sync_func = _per_chunk([m.no_sync for m in model])
-    if args.overlap_grad_reduce:
-        config.grad_sync_func = _per_chunk([m.start_grad_sync for m in model])
-    if args.overlap_param_gather:
-        config.param_sync_func = _per_chunk([m.start_param_sync for m in model])
+    denominator = connect_schedule_hooks(args, config, model, optimizer)
 
     # 5. Resume.
     iteration, consumed_samples = 0, 0
@@ -413,6 +406,20 @@ def _reduce_reports(reports: List[dict]) -> Dict[str, float]:
         "entropy": s["entropy_sum"] / tokens,
         "mean_weight": s["weight_sum"] / tokens,
     }
+
+
+def connect_schedule_hooks(args, config, model, optimizer) -> "LossDenominator":
+    """Set the hooks megatron's schedules call (loss scaling, gradient finalisation with the
+    weighted-loss denominator, DDP no-sync / overlap); returns the denominator the loss feeds."""
+    denominator = LossDenominator()
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = denominator.finalize_model_grads
+    config.no_sync_func = _per_chunk([m.no_sync for m in model])
+    if args.overlap_grad_reduce:
+        config.grad_sync_func = _per_chunk([m.start_grad_sync for m in model])
+    if args.overlap_param_gather:
+        config.param_sync_func = _per_chunk([m.start_param_sync for m in model])
+    return denominator
 
 
 def _per_chunk(items: list):
