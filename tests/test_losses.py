@@ -3,6 +3,10 @@
 Every multi-process case runs in one pool of 4 gloo ranks (TP=1, 2, 4; the remaining ranks are
 data-parallel replicas doing the same computation). The reference below is deliberately plain:
 float64, the whole vocabulary, autograd for the gradient; it shares no code with the package.
+
+Both kernels are checked: ``torch`` (the CPU path) and ``triton`` (the GPU path, here through
+triton's interpreter, which conftest.py switches on when there is no GPU). The triton cases use
+32-element vocabulary blocks so that rows span several blocks, as they do on a GPU.
 """
 
 import math
@@ -22,6 +26,7 @@ from megatron_mile.losses import (
     weighted_mean,
 )
 from megatron_mile.losses import reference as plain_reference
+from megatron_mile.losses import triton_kernels
 
 WORLD_SIZE = 4
 
@@ -69,18 +74,29 @@ def _inputs(seed, s, b, vocab, scale=3.0):
     return logits, target, mask, upstream
 
 
-def _fast(loss, logits_shard, target, gamma, sigma):
-    config = LossConfig(loss=loss, mile_gamma=gamma, mile_sigma=sigma, focal_gamma=gamma)
+KERNELS = ["torch", "triton"]
+GPU_MAX_BLOCK = triton_kernels.MAX_BLOCK
+
+
+def _small_triton_blocks():
+    """Rows of a few blocks even at test sizes (the online max/sum rescaling across blocks)."""
+    triton_kernels.MAX_BLOCK = 32
+
+
+def _fast(loss, logits_shard, target, gamma, sigma, kernel="torch"):
+    config = LossConfig(loss=loss, mile_gamma=gamma, mile_sigma=sigma, focal_gamma=gamma, kernel=kernel)
+    if kernel == "triton":
+        _small_triton_blocks()
     return vocab_parallel_weighted_cross_entropy(logits_shard, target, config)
 
 
 # --------------------------------------------------------------------------- rank bodies
-def body_matches_reference(loss, gamma, sigma, dtype, vocab, seed):
+def body_matches_reference(loss, gamma, sigma, dtype, vocab, seed, kernel):
     rank, world = _layout()
     logits, target, mask, upstream = _inputs(seed, 7, 3, vocab)
     logits = logits.to(dtype).double()  # the reference sees exactly the values the kernel sees
     shard = _shard(logits, rank, world).to(dtype).clone().requires_grad_(True)
-    out = _fast(loss, shard * 1, target, gamma, sigma)  # *1: a non-leaf, as a model's logits are
+    out = _fast(loss, shard * 1, target, gamma, sigma, kernel)  # *1: a non-leaf, as a model's logits are
     terms = reduce_weighted_loss(out.weighted_ce, out.weight, mask, out.ce, out.entropy)
     objective = weighted_mean(terms.numerator, terms.denominator) + (upstream * out.weighted_ce).sum()
     objective.backward()
@@ -125,7 +141,7 @@ def body_gamma0_equals_megatron_ce(seed):
     return True
 
 
-def body_extreme_values(seed):
+def body_extreme_values(seed, kernel):
     """+-1e4 logits, near-one-hot and uniform distributions, a fully masked batch."""
     rank, world = _layout()
     vocab = 256
@@ -134,7 +150,7 @@ def body_extreme_values(seed):
                       torch.tensor(1e4, dtype=torch.float64), torch.tensor(-1e4, dtype=torch.float64))
     big += logits  # distinct values around +-1e4
     for full in (big, logits * 1e3):
-        out = _fast("mile", _shard(full, rank, world).float().clone(), target, 1.0, 1.0)
+        out = _fast("mile", _shard(full, rank, world).float().clone(), target, 1.0, 1.0, kernel)
         ref = float64_objective(full.float().double(), target, mask, upstream, "mile", 1.0, 1.0)
         assert torch.isfinite(out.weighted_ce).all() and torch.isfinite(out.entropy).all()
         torch.testing.assert_close(out.ce.double(), ref[2], rtol=1e-5, atol=1e-2)
@@ -142,18 +158,18 @@ def body_extreme_values(seed):
     # Near one-hot: entropy ~ 0, weight ~ sigma, CE ~ 0 at the hot target.
     onehot = torch.full((4, 2, vocab), -30.0, dtype=torch.float64)
     onehot.scatter_(-1, target.unsqueeze(-1), 30.0)
-    out = _fast("mile", _shard(onehot, rank, world).float().clone(), target, 1.0, 1.0)
+    out = _fast("mile", _shard(onehot, rank, world).float().clone(), target, 1.0, 1.0, kernel)
     assert (out.entropy >= 0).all() and (out.entropy < 1e-20).all(), out.entropy
     assert (out.ce < 1e-20).all()
     torch.testing.assert_close(out.weight, torch.ones_like(out.weight))
     # Uniform: entropy = log V exactly, CE = log V.
     uniform = torch.full((4, 2, vocab), 0.25, dtype=torch.float64)
-    out = _fast("mile", _shard(uniform, rank, world).float().clone(), target, 1.0, 1.0)
+    out = _fast("mile", _shard(uniform, rank, world).float().clone(), target, 1.0, 1.0, kernel)
     torch.testing.assert_close(out.entropy, torch.full_like(out.entropy, math.log(vocab)), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out.ce, torch.full_like(out.ce, math.log(vocab)), rtol=1e-6, atol=1e-6)
     # Fully masked batch: zero loss, zero gradient, no NaN.
     shard = _shard(logits, rank, world).float().clone().requires_grad_(True)
-    out = _fast("mile", shard * 1, target, 1.0, 1.0)
+    out = _fast("mile", shard * 1, target, 1.0, 1.0, kernel)
     terms = reduce_weighted_loss(out.weighted_ce, out.weight, torch.zeros_like(mask), out.ce, out.entropy)
     loss = weighted_mean(terms.numerator, terms.denominator)
     loss.backward()
@@ -161,14 +177,16 @@ def body_extreme_values(seed):
     return True
 
 
-def body_large_vocab(seed):
-    """A 256k vocabulary split over the ranks, bf16 logits."""
+def body_large_vocab(seed, kernel):
+    """A 256k vocabulary split over the ranks, bf16 logits (the triton kernel at its GPU block size)."""
     rank, world = _layout()
+    triton_kernels.MAX_BLOCK = GPU_MAX_BLOCK
     vocab = 256 * 1024
     logits, target, mask, upstream = _inputs(seed, 3, 2, vocab, scale=4.0)
     logits = logits.bfloat16().double()
     shard = _shard(logits, rank, world).bfloat16().clone().requires_grad_(True)
-    wce, weight = vocab_parallel_mile_cross_entropy(shard * 1, target)
+    out = vocab_parallel_weighted_cross_entropy(shard * 1, target, LossConfig(loss="mile", kernel=kernel))
+    wce, weight = out.weighted_ce, out.weight
     (wce * upstream.float()).sum().backward()
     ref_wce, ref_w, _, _, _, _ = float64_objective(logits, target, mask, upstream, "mile", 1.0, 1.0)
     torch.testing.assert_close(wce.double(), ref_wce, rtol=1e-5, atol=1e-4)
@@ -182,7 +200,7 @@ def body_large_vocab(seed):
     return True
 
 
-def body_counts_collectives(seed):
+def body_counts_collectives(seed, kernel):
     """One MAX and one SUM all-reduce per call, nothing gathered."""
     rank, world = _layout()
     calls = []
@@ -199,8 +217,7 @@ def body_counts_collectives(seed):
         real_gather = dist.all_gather
         dist.all_gather = lambda *a, **k: gathered.append(1) or real_gather(*a, **k)
         shard = _shard(logits, rank, world).float().clone().requires_grad_(True)
-        wce, _ = vocab_parallel_mile_cross_entropy(shard * 1, target)
-        wce.sum().backward()
+        _fast("mile", shard * 1, target, 1.0, 1.0, kernel).weighted_ce.sum().backward()
     finally:
         dist.all_reduce = real_all_reduce
         dist.all_gather = real_gather
@@ -256,16 +273,19 @@ def body_microbatch_alpha(seed):
 
 
 # --------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("loss,gamma,sigma", [("mile", 1.0, 1.0), ("mile", 2.0, 0.5), ("focal", 2.0, 0.0),
                                               ("cross_entropy", 0.0, 0.0)])
-def test_matches_float64_reference(dist_pool, tp, loss, gamma, sigma):
-    assert all(dist_pool.run(body_matches_reference, loss, gamma, sigma, torch.float32, 96, 11 + tp, tp=tp))
+def test_matches_float64_reference(dist_pool, tp, loss, gamma, sigma, kernel):
+    assert all(dist_pool.run(body_matches_reference, loss, gamma, sigma, torch.float32, 96, 11 + tp, kernel,
+                             tp=tp))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("tp", [1, 2])
-def test_bf16_matches_float64_reference(dist_pool, tp):
-    assert all(dist_pool.run(body_matches_reference, "mile", 1.0, 1.0, torch.bfloat16, 96, 5, tp=tp))
+def test_bf16_matches_float64_reference(dist_pool, tp, kernel):
+    assert all(dist_pool.run(body_matches_reference, "mile", 1.0, 1.0, torch.bfloat16, 96, 5, kernel, tp=tp))
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
@@ -273,18 +293,21 @@ def test_gamma0_equals_megatron_cross_entropy(dist_pool, tp):
     assert all(dist_pool.run(body_gamma0_equals_megatron_ce, 3, tp=tp))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("tp", [1, 4])
-def test_extreme_values(dist_pool, tp):
-    assert all(dist_pool.run(body_extreme_values, 7, tp=tp))
+def test_extreme_values(dist_pool, tp, kernel):
+    assert all(dist_pool.run(body_extreme_values, 7, kernel, tp=tp))
 
 
-def test_large_vocab_bf16_tp4(dist_pool):
-    assert all(dist_pool.run(body_large_vocab, 1, tp=4))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_large_vocab_bf16_tp4(dist_pool, kernel):
+    assert all(dist_pool.run(body_large_vocab, 1, kernel, tp=4))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("tp", [1, 2, 4])
-def test_two_collectives_per_call(dist_pool, tp):
-    assert all(dist_pool.run(body_counts_collectives, 2, tp=tp))
+def test_two_collectives_per_call(dist_pool, tp, kernel):
+    assert all(dist_pool.run(body_counts_collectives, 2, kernel, tp=tp))
 
 
 @pytest.mark.parametrize("case,exc,words", [
@@ -321,6 +344,17 @@ def test_loss_config_rejects_unknown_values():
         LossConfig(loss="mle")
     with pytest.raises(ValueError, match="normalization"):
         LossConfig(normalization="token")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        LossConfig(kernel="cuda")
+
+
+def test_auto_kernel_uses_torch_for_cpu_tensors_even_when_interpreting():
+    from megatron_mile.losses.vocab_parallel import _use_triton
+
+    assert triton_kernels.interpreting()  # conftest.py, without a GPU
+    assert not _use_triton("auto", torch.zeros(2, 3))
+    assert _use_triton("triton", torch.zeros(2, 3))
+    assert not _use_triton("torch", torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

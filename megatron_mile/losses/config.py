@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 LOSS_TYPES = ("cross_entropy", "mile", "focal")
 NORMALIZATIONS = ("global", "microbatch")
+KERNELS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -32,9 +33,16 @@ class LossConfig:
     check_inputs: bool = True
     """Validate target range, shapes and dtypes before any collective (one min/max per call)."""
 
+    kernel: str = "auto"
+    """How the logits are swept: 'triton' (one read forward, one read and write backward; see
+    ``losses/triton_kernels.py``), 'torch' (chunked ATen ops) or 'auto' (triton for CUDA tensors
+    when triton is importable, torch otherwise). Both give the same values."""
+
     def __post_init__(self):
         if self.loss not in LOSS_TYPES:
             raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.mile_sigma < 0:

@@ -18,6 +18,11 @@ Per token, with ``z`` the logits, ``m`` this rank's max, ``M`` the global max:
 Memory: besides the logits buffer (which megatron's CE also consumes), a few ``[tokens]`` vectors
 and one float32 scratch chunk of ``chunk_tokens x V/tp``.
 
+On CUDA the sweep and the backward run as Triton kernels instead (``LossConfig.kernel``,
+:mod:`megatron_mile.losses.triton_kernels`): the same statistics from one read of the logits,
+which stay untouched until the backward writes the gradient over them; collectives and
+per-token terms are shared.
+
 The maths lives in :class:`VocabParallelWeightedCrossEntropy` (static steps, no collectives); the
 autograd Function sequences the steps and owns the two collectives, as megatron-core does.
 """
@@ -28,6 +33,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from megatron_mile.losses import triton_kernels
 from megatron_mile.losses.config import LossConfig
 
 # Elements per chunk of tokens. CPU: 512K floats = 2 MiB of scratch (16 tokens of a 32k vocabulary),
@@ -214,10 +220,22 @@ class VocabParallelWeightedCrossEntropy:
         return exp_2d
 
 
+def _use_triton(kernel: str, logits: torch.Tensor) -> bool:
+    if kernel == "torch":
+        return False
+    if kernel == "auto":
+        return logits.is_cuda and triton_kernels.HAVE_TRITON
+    if not triton_kernels.usable_for(logits):
+        raise RuntimeError("LossConfig.kernel='triton' needs triton and a CUDA tensor "
+                           "(or TRITON_INTERPRET=1 for CPU tensors)")
+    return True
+
+
 class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vocab_parallel_logits, target, config: LossConfig, tp_group, chunk_tokens):
         steps = VocabParallelWeightedCrossEntropy
+        use_triton = _use_triton(config.kernel, vocab_parallel_logits)
         rank, world = _group_rank_size(tp_group)
         width = vocab_parallel_logits.size(-1)
         if config.check_inputs:
@@ -232,7 +250,10 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
         cols = target_1d[rows] - vocab_start
         target_logit = logits_2d[rows, cols].float()  # read before the buffer is overwritten
 
-        local_max, sum_exp, sum_shifted_exp = steps.local_statistics(logits_2d, chunk_tokens)
+        if use_triton:  # the logits stay as they are
+            local_max, sum_exp, sum_shifted_exp = triton_kernels.row_statistics(logits_2d)
+        else:  # the logits now hold the slice's softmax
+            local_max, sum_exp, sum_shifted_exp = steps.local_statistics(logits_2d, chunk_tokens)
 
         if world > 1:
             global_max = local_max.clone()
@@ -250,13 +271,17 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
         weight = steps.token_weight(config, entropy, p_target)
-        # d(w ce)/dz = w (softmax - onehot); the buffer holds the slice's softmax e / s, and the
-        # full softmax is (e / s) * (s exp(m - M) / S): the slice's share of the probability mass.
-        row_scale = weight if world == 1 else weight * local_sum_exp / sum_exp
-        target_grad = (p_target[rows] - 1.0) * weight[rows]
-
-        ctx.save_for_backward(buffer, row_scale, rows, cols, target_grad)
-        ctx.chunk_tokens = chunk_tokens
+        ctx.use_triton, ctx.chunk_tokens = use_triton, chunk_tokens
+        if use_triton:  # the backward recomputes softmax = exp(z - M - log S) from the logits
+            target_col = torch.full_like(target_1d, -1, dtype=torch.int32)
+            target_col[rows] = cols.to(torch.int32)
+            ctx.save_for_backward(buffer, weight, global_max + torch.log(sum_exp), target_col)
+        else:
+            # d(w ce)/dz = w (softmax - onehot); the buffer holds the slice's softmax e / s, and the
+            # full softmax is (e / s) * (s exp(m - M) / S): the slice's share of the probability mass.
+            row_scale = weight if world == 1 else weight * local_sum_exp / sum_exp
+            target_grad = (p_target[rows] - 1.0) * weight[rows]
+            ctx.save_for_backward(buffer, row_scale, rows, cols, target_grad)
         shape = target.shape
         outputs = (ce * weight).view(shape), weight.view(shape), ce.view(shape), entropy.view(shape)
         ctx.mark_non_differentiable(*outputs[1:])
@@ -264,8 +289,13 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_weighted_ce, *unused_grads):
-        buffer, row_scale, rows, cols, target_grad = ctx.saved_tensors
         grad = grad_weighted_ce.reshape(-1).float()
+        if ctx.use_triton:
+            buffer, weight, log_normalizer, target_col = ctx.saved_tensors
+            triton_kernels.softmax_minus_onehot_(buffer.view(-1, buffer.size(-1)), log_normalizer,
+                                                 weight * grad, target_col)
+            return buffer, None, None, None, None
+        buffer, row_scale, rows, cols, target_grad = ctx.saved_tensors
         VocabParallelWeightedCrossEntropy.write_gradient(
             buffer.view(-1, buffer.size(-1)), row_scale * grad, rows, cols, target_grad * grad[rows],
             ctx.chunk_tokens,
