@@ -29,6 +29,7 @@ adaptations (applied here via ``adapt_megatron_to_cpu`` and ``cuda_to_cpu``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import sys
@@ -185,8 +186,9 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
 
         exiting = args.exit_interval is not None and iteration % args.exit_interval == 0
         if should_save(args, iteration, extra_saves) or (exiting and args.save):
-            path = checkpointing.save_checkpoint(args.save, iteration, model, optimizer, scheduler, args,
-                                                 consumed_samples)
+            with parameters_gathered(args, model):
+                path = checkpointing.save_checkpoint(args.save, iteration, model, optimizer, scheduler, args,
+                                                     consumed_samples)
             result.checkpoints.append(iteration)
             logger.print(f"> saved checkpoint {path}")
         if exiting:
@@ -195,6 +197,24 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
 
     logger.close()
     return result
+
+
+@contextlib.contextmanager
+def parameters_gathered(args: argparse.Namespace, model):
+    """With ``--overlap-param-gather`` the distributed optimizer's all-gather of the updated
+    parameters waits in the next forward's pre-hooks, so between a step and that forward the other
+    data-parallel ranks' shards are stale. Gather now (as Megatron-LM does around a save) and put the
+    hooks back afterwards."""
+    overlapping = args.use_distributed_optimizer and args.overlap_param_gather
+    if overlapping:
+        for chunk in model:
+            chunk.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        if overlapping:
+            for chunk in model:
+                chunk.enable_forward_pre_hook()
 
 
 def set_random_seeds(seed: int) -> None:

@@ -207,6 +207,19 @@ class LoadedState:
     consumed_samples: int
 
 
+def _create_distributed_optimizer_state(optimizer) -> None:
+    """megatron's DistributedOptimizer builds its loading template from ``state_dict()``, which,
+    with torch's Adam (no transformer-engine or apex), reads a ``step`` from every parameter's
+    state: before the first step there is none (``assert len(steps) == 1``, seen on an H200).
+    megatron's own dummy step on zero gradients creates the states; the load then overwrites them
+    and the fp32 master weights."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(inner, DistributedOptimizer) and not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()
+
+
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> LoadedState:
     """Resume from the latest checkpoint in ``load_dir`` (collective). With ``--finetune`` only the
     model is loaded and training starts at iteration 0; ``--no-load-optim`` / ``--no-load-rng``
@@ -222,6 +235,7 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> 
 
     state = _model_state(model_chunks)
     if load_optim:
+        _create_distributed_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIMIZER_METADATA)
     if load_rng:
         state["rng_state"] = _rng_state()
