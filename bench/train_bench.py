@@ -15,6 +15,12 @@ On a shared machine other jobs only ever add time, so the headline overhead uses
 fastest step (``step_ms_min``); the median of the per-round ratios (adjacent steps) and the
 medians are recorded too, with the load average before and after.
 
+Per arm it also records tokens/s (global batch tokens / median step), model FLOPs utilisation
+(MFU = tokens/s x (6 N + 12 L h s) / peak, N the parameters without the input embedding,
+L layers, h hidden size, s sequence length: the PaLM convention, attention counted unmasked) and,
+on CUDA, the peak memory allocated during that arm's steps. The peak defaults to the card's dense
+bf16 rate for known cards (``--peak-tflops`` overrides); MFU is left out without one.
+
     python bench/train_bench.py                         # CPU default shape, writes bench/results/train_cpu.json
     torchrun --nproc-per-node 8 bench/train_bench.py --out bench/results/train_gpu.json \\
         --tensor-model-parallel-size 2 --bf16 ...       # any mile-pretrain flag overrides the defaults
@@ -40,6 +46,33 @@ DEFAULTS = ("--mock-data --vocab-size 31999 --model-style llama --num-layers 4 -
             "--lr 3e-4 --train-iters 1000 --eval-iters 0 --num-workers 0 --hidden-dropout 0 "
             "--attention-dropout 0 --log-interval 1000000").split()
 ARMS = ("megatron_ce", "cross_entropy", "mile")
+
+# Dense bf16 tensor-core peak by datasheet, TFLOP/s, matched against torch.cuda.get_device_name().
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+
+def default_peak_tflops():
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((tflops for card, tflops in PEAK_BF16_TFLOPS.items() if card in name), None)
+
+
+def model_flops_per_token(args, model) -> float:
+    """6 N + 12 L h s: N counts every parameter but the input embedding, summed over the
+    model-parallel ranks (each holds its own shard)."""
+    from megatron.core import parallel_state
+
+    local = 0
+    for chunk in model:
+        for name, param in chunk.named_parameters():
+            if "embedding.word_embeddings" not in name:
+                local += param.numel()
+    total = torch.tensor([local], dtype=torch.float64,
+                         device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+    # One copy per data-parallel replica: sum over the model-parallel group only.
+    dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
+    return 6 * total.item() + 12 * args.num_layers * args.hidden_size * args.seq_length
 
 
 def _stock_megatron_loss(chunk):
@@ -123,6 +156,9 @@ def main(argv=None) -> None:
     bench.add_argument("--loss-repeats", type=int, default=10, help="Repeats of the loss-only timing.")
     bench.add_argument("--threads", type=int, default=None,
                        help="torch.set_num_threads for this run (1 gives steadier CPU numbers on a shared machine).")
+    bench.add_argument("--peak-tflops", type=float, default=None,
+                       help="Peak dense FLOP/s of one device in TFLOP/s for MFU (default: the card's bf16 rate "
+                            "when known).")
     bench.add_argument("--out", default=None, help="Result JSON (default bench/results/train_<cpu|gpu>.json).")
     own, rest = bench.parse_known_args(argv)
     if own.threads:
@@ -145,21 +181,30 @@ def main(argv=None) -> None:
     step_fn = partial(forward_step, denominator, args.mile_normalization)
     forward_backward = get_forward_backward_func()
 
+    flops_per_token = model_flops_per_token(args, model)
     load_before = os.getloadavg()
     step_ms = {arm: [] for arm in ARMS}
+    peak_bytes = {arm: 0 for arm in ARMS}
     for round_index in range(own.steps + 1):
         for arm in ARMS:
             use_arm(model, arm)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             dist.barrier()
             start = time.perf_counter()
             train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+                peak_bytes[arm] = max(peak_bytes[arm], torch.cuda.max_memory_allocated())
             if round_index:  # round 0 warms up
                 step_ms[arm].append((time.perf_counter() - start) * 1e3)
     loss_ms = time_loss_only(args, own.loss_repeats)
+    peak_tflops = own.peak_tflops or default_peak_tflops()
+    # The largest peak over the ranks (pipeline stage 0 holds the most activations).
+    peak_all = torch.tensor([peak_bytes[arm] for arm in ARMS], dtype=torch.float64,
+                            device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(peak_all, op=dist.ReduceOp.MAX)
 
     if dist.get_rank() == 0:
         median = {arm: statistics.median(t) for arm, t in step_ms.items()}
@@ -167,6 +212,12 @@ def main(argv=None) -> None:
         paired = {ref: 100 * (statistics.median(m / r for m, r in zip(step_ms["mile"], step_ms[ref])) - 1)
                   for ref in ("cross_entropy", "megatron_ce")}
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        tokens_per_step = args.global_batch_size * args.seq_length
+        tokens_per_s = {arm: tokens_per_step / (median[arm] / 1e3) for arm in ARMS}
+        world = dist.get_world_size()
+        mfu = ({arm: tokens_per_s[arm] * flops_per_token / (world * peak_tflops * 1e12) for arm in ARMS}
+               if peak_tflops else None)
+        peak_gib = {arm: peak_all[i].item() / 2**30 for i, arm in enumerate(ARMS)} if torch.cuda.is_available() else None
         result = {
             "benchmark": "train_step_mile_vs_cross_entropy",
             "device": device,
@@ -175,8 +226,13 @@ def main(argv=None) -> None:
             "world_size": dist.get_world_size(),
             "torch_threads": torch.get_num_threads(),
             "flags": DEFAULTS + rest,
-            "tokens_per_step": args.global_batch_size * args.seq_length,
+            "tokens_per_step": tokens_per_step,
             "padded_vocab_size": args.padded_vocab_size,
+            "model_flops_per_token": flops_per_token,
+            "peak_tflops_per_device": peak_tflops,
+            "tokens_per_s_median_step": tokens_per_s,
+            "mfu_median_step": mfu,
+            "peak_memory_allocated_gib": peak_gib,
             "load_average_before_after": [load_before, os.getloadavg()],
             "step_ms_min": fastest,
             "step_ms_median": median,
@@ -193,11 +249,16 @@ def main(argv=None) -> None:
         out = own.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"train_{'gpu' if torch.cuda.is_available() else 'cpu'}.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
+        with open(out + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
-        print("| loss | step ms (min) | step ms (median) | loss alone fwd+bwd ms |\n|---|---|---|---|")
+        os.replace(out + ".tmp", out)
+        print("| loss | step ms (min) | step ms (median) | tokens/s | MFU | peak GiB | loss alone fwd+bwd ms |\n"
+              "|---|---|---|---|---|---|---|")
         for arm in ARMS:
-            print(f"| {arm} | {fastest[arm]:.1f} | {median[arm]:.1f} | {loss_ms[arm]:.1f} |")
+            mfu_text = f"{100 * mfu[arm]:.1f}%" if mfu else "-"
+            peak_text = f"{peak_gib[arm]:.1f}" if peak_gib else "-"
+            print(f"| {arm} | {fastest[arm]:.1f} | {median[arm]:.1f} | {tokens_per_s[arm]:.0f} | {mfu_text} | "
+                  f"{peak_text} | {loss_ms[arm]:.1f} |")
         print(f"MiLe step-time overhead (fastest steps): {result['mile_overhead_vs_cross_entropy_pct']:+.2f}% vs "
               f"--loss cross_entropy, {result['mile_overhead_vs_megatron_ce_pct']:+.2f}% vs megatron-core's CE; "
               f"paired per-round median {paired['cross_entropy']:+.2f}% / {paired['megatron_ce']:+.2f}%; "

