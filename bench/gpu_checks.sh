@@ -3,23 +3,26 @@
 # CUDA environment with megatron-mile importable):
 #
 #   bash bench/gpu_checks.sh                       # writes into bench/results/
-#   RESULTS_DIR=/tmp/gpu SKIP_TESTS=1 bash bench/gpu_checks.sh
+#   RESULTS_DIR=/tmp/gpu STEPS="loss_bench train_bench" bash bench/gpu_checks.sh
 #
 # 1. the environment (GPU, driver, torch, megatron-core, transformer-engine) -> gpu_env.txt
 # 2. loss alone, megatron-core's vocab_parallel_cross_entropy vs MiLe / focal -> loss_bench_gpu.json
 # 3. training steps of the paper's 468M LLaMA, megatron CE / --loss cross_entropy / --loss mile
 #    cycled in one run: tokens/s, MFU, peak memory -> train_gpu.json
-# 4. the `gpu`-marked tests (NCCL, bf16, transformer-engine spec, launch script, distributed
+# 4. pretrain: the launcher (examples/pretrain_mile_single_node.sh) training the 468M model on one
+#    GPU with CE, then MiLe, PRETRAIN_ITERS iterations -> pretrain_<loss>.jsonl (tokens/s, memory)
+# 5. the `gpu`-marked tests (NCCL, bf16, transformer-engine spec, launch script, distributed
 #    optimizer checkpoint resume) -> pytest_gpu.log
 # Every step runs even when an earlier one fails; the exit status is non-zero if any failed.
 set -uo pipefail
 
 RESULTS_DIR=${RESULTS_DIR:-bench/results}
-SKIP_TESTS=${SKIP_TESTS:-0}           # 1: benchmarks only
+STEPS=${STEPS:-environment loss_bench train_bench pretrain gpu_tests}  # which of the steps to run
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}     # seconds per step
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-8}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-64}
 TRAIN_STEPS=${TRAIN_STEPS:-8}         # measured steps per loss after one warm-up round
+PRETRAIN_ITERS=${PRETRAIN_ITERS:-30}  # iterations of each launcher run
 PYTEST_ARGS=${PYTEST_ARGS:-}          # e.g. "-n 4" with pytest-xdist: the tests share the GPU
 
 mkdir -p "${RESULTS_DIR}"
@@ -29,6 +32,9 @@ failed=()
 step() {  # step NAME COMMAND...: run with a time limit, record a failure, go on
     local name=$1
     shift
+    if [[ " ${STEPS} " != *" ${name} "* ]]; then
+        return
+    fi
     echo "=== ${name}: $*"
     local start=${SECONDS}
     timeout "${STEP_TIMEOUT}" "$@"
@@ -61,10 +67,21 @@ step train_bench python3 bench/train_bench.py --steps "${TRAIN_STEPS}" --loss-re
     --seq-length 1024 --max-position-embeddings 1024 --vocab-size 31999 --bf16 \
     --micro-batch-size "${MICRO_BATCH_SIZE}" --global-batch-size "${GLOBAL_BATCH_SIZE}"
 
-if [[ "${SKIP_TESTS}" != 1 ]]; then
-    step gpu_tests bash -c "set -o pipefail; python3 -m pytest tests/test_gpu.py -m gpu -v -rs ${PYTEST_ARGS} 2>&1 \
-        | tee '${RESULTS_DIR}/pytest_gpu.log'"
-fi
+# The 468M model through the launcher, CE then MiLe (checkpoints into a scratch directory).
+step pretrain bash -c "set -euo pipefail
+    work=\$(mktemp -d)
+    for loss in cross_entropy mile; do
+        rm -f '${RESULTS_DIR}'/pretrain_\${loss}.jsonl
+        CONFIG=llama_468m LOSS=\${loss} GPUS_PER_NODE=1 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE} \\
+            GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE} TRAIN_ITERS=${PRETRAIN_ITERS} LR_WARMUP_ITERS=5 EVAL_ITERS=0 \\
+            LOG_INTERVAL=5 SAVE_INTERVAL=1000000 CHECKPOINT_PATH=\${work}/\${loss} \\
+            TENSORBOARD_LOGS_PATH=\${work}/tb_\${loss} LOG_JSON='${RESULTS_DIR}'/pretrain_\${loss}.jsonl \\
+            bash examples/pretrain_mile_single_node.sh --no-save-final
+    done
+    rm -rf \${work}"
+
+step gpu_tests bash -c "set -o pipefail; python3 -m pytest tests/test_gpu.py -m gpu -v -rs ${PYTEST_ARGS} 2>&1 \
+    | tee '${RESULTS_DIR}/pytest_gpu.log'"
 
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "FAILED: ${failed[*]}"

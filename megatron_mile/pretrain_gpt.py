@@ -79,7 +79,7 @@ class PretrainResult:
 
     train: List[dict] = field(default_factory=list)
     """Per iteration: iteration, lm_loss (plain CE), loss (the objective), entropy, mean_weight, lr,
-    grad_norm, tokens_per_s, consumed_samples, iteration_time_s, skipped."""
+    grad_norm, tokens_per_s, consumed_samples, iteration_time_s, skipped, max_memory_allocated_gib (CUDA)."""
     valid: List[dict] = field(default_factory=list)
     """Per validation and validation set: iteration, dataset, lm_loss, loss, entropy, mean_weight."""
     checkpoints: List[int] = field(default_factory=list)
@@ -175,7 +175,10 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
         metrics = {"iteration": iteration, "consumed_samples": consumed_samples, **stats,
                    "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                    "tokens": tokens, "tokens_per_s": tokens / elapsed, "iteration_time_s": elapsed,
-                   "skipped": not update_ok}
+                   "skipped": not update_ok,
+                   # This rank's peak since the start (the logging rank: first pipeline stage).
+                   "max_memory_allocated_gib":
+                       torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
         result.train.append(metrics)
         logger.training_iteration(metrics)
 

@@ -88,6 +88,8 @@ class TrainingLogger:
             "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
             "iteration_time_s": avg_time,
         }
+        if metrics.get("max_memory_allocated_gib") is not None:
+            record["max_memory_allocated_gib"] = metrics["max_memory_allocated_gib"]
         self._json(record)
         skipped = sum(1 for m in window if m["skipped"])
         nans = len(window) - len(finite)
@@ -104,6 +106,8 @@ class TrainingLogger:
             f" entropy: {record['entropy']:.4E} | mean weight: {record['mean_weight']:.4E} |"
             f" grad norm: {grad_norm} | number of skipped iterations: {skipped:3d} |"
             f" number of nan iterations: {nans:3d} |"
+            + (f" max memory allocated (GiB): {record['max_memory_allocated_gib']:.1f} |"
+               if "max_memory_allocated_gib" in record else "")
         )
 
     def validation(self, iteration: int, results: Dict[str, Dict[str, float]]) -> None:
