@@ -420,3 +420,23 @@ def test_pile_pretrain_through_slurm(pile_stats, fake_slurm):
 def test_pile_pretrain_needs_the_blend(tmp_path):
     proc = run_script(PILE / "pretrain_pile.sh", env={"OUTPUT_DIR": str(tmp_path)}, check=False)
     assert proc.returncode == 1 and "blend_pile.sh" in proc.stderr
+
+
+# --- docker/ -----------------------------------------------------------------------------------
+
+def test_dockerfile_copies_only_what_the_build_context_sends():
+    """Every COPY source exists and is let through .dockerignore (deny all, then !allow lines):
+    a missing one only shows when the image is built, on a machine that can reach nvcr.io."""
+    dockerfile = (REPO / "docker/Dockerfile").read_text()
+    allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    sources = [word for line in dockerfile.splitlines() if line.startswith("COPY ")
+               for word in line.split()[1:-1] if not word.startswith("--")]
+    assert {"setup.py", "megatron_mile", "tests", "bench", "examples"} <= set(sources), sources
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert source.split("/")[0] in allowed, f"{source} is excluded by .dockerignore"
+    # NVIDIA's torch must stay: megatron-core and the package go in without their dependencies.
+    assert 'pip install --no-deps "megatron-core==${MEGATRON_CORE_VERSION}"' in dockerfile
+    assert "pip install --no-deps /tmp/megatron-mile" in dockerfile
+    assert 'test "${torch_before}" = "${torch_after}"' in dockerfile
