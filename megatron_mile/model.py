@@ -34,7 +34,7 @@ from megatron.core.transformer import ModuleSpec, TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_mile.losses import LossConfig, vocab_parallel_weighted_cross_entropy
+from megatron_mile.losses import LossConfig, emo_mle_loss, vocab_parallel_emo, vocab_parallel_weighted_cross_entropy
 
 __all__ = [
     "MileGPTModel",
@@ -132,6 +132,8 @@ class MileGPTModel(GPTModel):
         """Per-token weighted loss ``w * ce`` as ``[b, s]`` from labels ``[b, s]`` and logits
         ``[s, b, V/tp]``; the detached terms go to ``self.token_statistics``."""
         labels = labels.transpose(0, 1).contiguous()  # [b, s] -> [s, b], the logits' layout
+        if self.loss_config.loss == "emo":
+            return self._emo_loss(labels, logits)
         terms = vocab_parallel_weighted_cross_entropy(logits, labels, self.loss_config, tp_group=self.pg_collection.tp)
         self.token_statistics = TokenStatistics(
             weight=terms.weight.detach().transpose(0, 1),
@@ -139,6 +141,19 @@ class MileGPTModel(GPTModel):
             entropy=terms.entropy.detach().transpose(0, 1),
         )
         return terms.weighted_ce.transpose(0, 1).contiguous()
+
+    def _emo_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """EMO with maximum likelihood, per token (weight 1); the transport cost comes from this
+        rank's rows of the output layer (the word embeddings when they are tied)."""
+        if self.share_embeddings_and_output_weights:
+            output_weight = self.shared_embedding_or_output_weight()
+        else:
+            output_weight = self.output_layer.weight
+        terms = vocab_parallel_emo(logits, labels, output_weight, tp_group=self.pg_collection.tp)
+        ce = terms.ce.detach().transpose(0, 1)
+        self.token_statistics = TokenStatistics(weight=torch.ones_like(ce), cross_entropy=ce,
+                                                entropy=terms.entropy.transpose(0, 1))
+        return emo_mle_loss(terms.ce, terms.emo).transpose(0, 1).contiguous()
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:

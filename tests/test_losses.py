@@ -17,9 +17,11 @@ import torch.distributed as dist
 
 from megatron_mile.losses import (
     LossConfig,
+    emo_mle_loss,
     microbatch_alpha,
     reduce_weighted_loss,
     vocab_parallel_cross_entropy_with_entropy,
+    vocab_parallel_emo,
     vocab_parallel_focal_cross_entropy,
     vocab_parallel_mile_cross_entropy,
     vocab_parallel_weighted_cross_entropy,
@@ -272,6 +274,71 @@ def body_microbatch_alpha(seed):
     return True
 
 
+# --------------------------------------------------------------------------- EMO
+def float64_emo(full_logits, target, full_weight, upstream_ce, upstream_emo):
+    """(ce, emo, entropy, grad of sum(g_ce * ce + g_emo * emo)): the earth mover distance from the
+    predicted distribution to the one-hot target with cost 1 - cos over the output-weight rows,
+    built from the whole [V, V] cost matrix (all mass moves to the target)."""
+    z = full_logits.detach().double().requires_grad_(True)
+    logp = torch.log_softmax(z, dim=-1)
+    ce = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    w = full_weight.double()
+    cosine = (w @ w.T) / (w.norm(dim=-1, keepdim=True) * w.norm(dim=-1).unsqueeze(0))
+    cost = 1.0 - cosine
+    emo = torch.einsum("sbv,sbv->sb", logp.exp(), cost[target])
+    entropy = -(logp.exp() * logp).sum(-1).detach()
+    objective = (upstream_ce.double() * ce).sum() + (upstream_emo.double() * emo).sum()
+    (grad,) = torch.autograd.grad(objective, z)
+    return ce.detach(), emo.detach(), entropy, grad
+
+
+def body_emo_matches_reference(dtype, seed):
+    rank, world = _layout()
+    logits, target, _, upstream = _inputs(seed, 6, 3, 128)
+    logits = logits.to(dtype).double()
+    gen = torch.Generator().manual_seed(seed + 1)
+    weight = torch.randn(128, 16, generator=gen)
+    upstream_emo = torch.randn(6, 3, generator=gen)
+    shard = _shard(logits, rank, world).to(dtype).clone().requires_grad_(True)
+    weight_shard = weight[rank * 128 // world:(rank + 1) * 128 // world].clone().requires_grad_(True)
+    out = vocab_parallel_emo(shard * 1, target, weight_shard, chunk_tokens=5)
+    ((out.ce * upstream).sum() + (out.emo * upstream_emo).sum()).backward()
+    ref_ce, ref_emo, ref_h, ref_grad = float64_emo(logits, target, weight, upstream, upstream_emo)
+    for name, got, want in [("ce", out.ce, ref_ce), ("emo", out.emo, ref_emo), ("entropy", out.entropy, ref_h)]:
+        assert got.dtype == torch.float32, name
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5, msg=name)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(shard.grad.double(), _shard(ref_grad, rank, world), rtol=tol, atol=tol)
+    assert weight_shard.grad is None  # the transport cost is a constant
+    return True
+
+
+def body_emo_collectives(seed):
+    """The target's embedding (SUM of [tokens, h]), the max (MAX), the stacked sums (SUM of [4, tokens])."""
+    rank, world = _layout()
+    calls = []
+    real_all_reduce = dist.all_reduce
+
+    def counting_all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        calls.append((str(op).upper(), tuple(tensor.shape)))
+        return real_all_reduce(tensor, op=op, group=group, async_op=async_op)
+
+    logits, target, _, _ = _inputs(seed, 5, 2, 64)
+    weight = torch.randn(64 // world, 8)
+    dist.all_reduce = counting_all_reduce
+    try:
+        out = vocab_parallel_emo(_shard(logits, rank, world).float().clone().requires_grad_(True) * 1, target, weight)
+        (out.ce + out.emo).sum().backward()
+    finally:
+        dist.all_reduce = real_all_reduce
+    if world == 1:
+        assert calls == [], calls
+    else:
+        assert [shape for _, shape in calls] == [(10, 8), (10,), (4, 10)], calls
+        assert "MAX" in calls[1][0] and "SUM" in calls[0][0] and "SUM" in calls[2][0], calls
+    return True
+
+
 # --------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("tp", [1, 2, 4])
@@ -379,3 +446,60 @@ def test_multithreaded_sweep_matches_float64_reference(dtype):
     ref_grad *= (upstream.double() * ref_w).unsqueeze(-1)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(z.grad.double(), ref_grad, rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------- EMO
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_emo_matches_float64_cost_matrix(dist_pool, tp):
+    assert all(dist_pool.run(body_emo_matches_reference, torch.float32, 31 + tp, tp=tp))
+
+
+def test_emo_bf16_matches_float64_cost_matrix(dist_pool):
+    assert all(dist_pool.run(body_emo_matches_reference, torch.bfloat16, 41, tp=2))
+
+
+@pytest.mark.parametrize("tp", [1, 4])
+def test_emo_three_collectives_per_call(dist_pool, tp):
+    assert all(dist_pool.run(body_emo_collectives, 3, tp=tp))
+
+
+def test_emo_limits():
+    """A confident correct prediction moves no mass (EMO ~ 0); a uniform one costs the mean cost
+    to the target; the more similar a token's embedding to the target's, the cheaper it is."""
+    vocab, hidden = 50, 6
+    weight = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(4).view(2, 2)
+    onehot = torch.full((2, 2, vocab), -40.0).scatter_(-1, target.unsqueeze(-1), 40.0)
+    assert vocab_parallel_emo(onehot, target, weight).emo.abs().max() < 1e-6
+    unit = weight / weight.norm(dim=-1, keepdim=True)
+    out = vocab_parallel_emo(torch.zeros(2, 2, vocab), target, weight)
+    torch.testing.assert_close(out.emo, 1.0 - (unit[target] @ unit.T).mean(-1), rtol=1e-5, atol=1e-6)
+    # All mass on one wrong token: EMO is that token's cost, 1 - cos.
+    wrong = torch.full((1, 1, vocab), -40.0)
+    wrong[0, 0, 7] = 40.0
+    cos = float(unit[7] @ unit[3])
+    assert math.isclose(vocab_parallel_emo(wrong, torch.tensor([[3]]), weight).emo.item(), 1.0 - cos, abs_tol=1e-5)
+
+
+def test_emo_mle_loss_scales_emo_to_the_cross_entropy():
+    ce = torch.tensor([2.0, 4.0], requires_grad=True)
+    emo = torch.tensor([0.5, 0.1], requires_grad=True)
+    loss = emo_mle_loss(ce, emo)
+    ratio = 6.0 / 0.6  # sum(ce) / sum(emo), no gradient
+    torch.testing.assert_close(loss, 0.5 * (torch.tensor([2.0, 4.0]) + ratio * torch.tensor([0.5, 0.1])))
+    loss.sum().backward()
+    torch.testing.assert_close(ce.grad, torch.full((2,), 0.5))
+    torch.testing.assert_close(emo.grad, torch.full((2,), 0.5 * ratio))
+
+
+def test_emo_reference_module_agrees_and_weighted_entry_refuses_emo():
+    logits, target, _, _ = _inputs(5, 4, 2, 90)
+    weight = torch.randn(90, 12, generator=torch.Generator().manual_seed(5))
+    got = vocab_parallel_emo(logits.float().clone(), target, weight)
+    want = plain_reference.reference_emo(logits.clone(), target, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.detach(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="vocab_parallel_emo"):
+        vocab_parallel_weighted_cross_entropy(logits.float(), target, LossConfig(loss="emo"))
+    with pytest.raises(ValueError, match="slice of the output layer"):
+        vocab_parallel_emo(logits.float(), target, weight[:45])

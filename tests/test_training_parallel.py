@@ -64,7 +64,7 @@ def test_layouts_agree_for_mile(dist_pool):
 
 def test_mile_gamma0_is_cross_entropy_and_every_loss_trains(dist_pool):
     """TP2xPP2: --mile-gamma 0 reproduces --loss cross_entropy iteration by iteration; MiLe,
-    focal and the per-micro-batch normalisation train with finite losses."""
+    focal, the per-micro-batch normalisation and EMO train with finite losses."""
     common = ["--train-iters", "3"]
     ce = run(dist_pool, TP2PP2, "--loss", "cross_entropy", *common)[0]
     gamma0 = run(dist_pool, TP2PP2, "--loss", "mile", "--mile-gamma", "0", *common)[0]
@@ -72,7 +72,8 @@ def test_mile_gamma0_is_cross_entropy_and_every_loss_trains(dist_pool):
         assert _close((loss, lm_loss, gnorm), (ce_loss, ce_lm, ce_gnorm), 1e-6), it
         assert math.isclose(ce_loss, ce_lm, abs_tol=1e-6)  # CE: objective == plain CE
     for flags in (["--loss", "mile"], ["--loss", "focal", "--focal-gamma", "2"],
-                  ["--loss", "mile", "--mile-normalization", "microbatch"]):
+                  ["--loss", "mile", "--mile-normalization", "microbatch"],
+                  ["--loss", "emo"], ["--loss", "emo", "--model-style", "llama"]):  # tied / untied output
         metrics = run(dist_pool, TP2PP2, *flags, *common)[0]
         assert all(math.isfinite(v) for m in metrics for v in m[1:]), flags
         assert metrics != ce, flags  # the weighting changes the run

@@ -13,7 +13,7 @@
 # shellcheck source-path=SCRIPTDIR source=run_cmd.sh
 source "$(dirname "${BASH_SOURCE[0]}")/run_cmd.sh"
 
-# --- Loss: cross_entropy | focal | mile --------------------------------------------------------
+# --- Loss: cross_entropy | focal | mile | emo --------------------------------------------------
 : "${LOSS:=mile}"
 : "${MILE_GAMMA:=1.0}"               # w = (sigma + H)^gamma; the paper's default gamma = 1
 : "${MILE_SIGMA:=1.0}"
@@ -106,8 +106,8 @@ case "${LOSS}" in
     mile) LOSS_ARGS+=(--mile-gamma "${MILE_GAMMA}" --mile-sigma "${MILE_SIGMA}"
                       --mile-normalization "${MILE_NORMALIZATION}") ;;
     focal) LOSS_ARGS+=(--focal-gamma "${FOCAL_GAMMA}" --mile-normalization "${MILE_NORMALIZATION}") ;;
-    cross_entropy) ;;
-    *) echo "LOSS must be cross_entropy, focal or mile, got '${LOSS}'" >&2; exit 2 ;;
+    cross_entropy | emo) ;;
+    *) echo "LOSS must be cross_entropy, focal, mile or emo, got '${LOSS}'" >&2; exit 2 ;;
 esac
 
 MODEL_PARALLEL_ARGS=(

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-LOSS_TYPES = ("cross_entropy", "mile", "focal")
+LOSS_TYPES = ("cross_entropy", "mile", "focal", "emo")
 NORMALIZATIONS = ("global", "microbatch")
 KERNELS = ("auto", "torch", "triton")
 
@@ -12,8 +12,9 @@ class LossConfig:
     """Which per-token weighting the language-model loss uses, and how it is normalised."""
 
     loss: str = "mile"
-    """'cross_entropy' (weight 1), 'mile' (weight (sigma + H)^gamma, H the predicted entropy) or
-    'focal' (weight (1 - p_target)^gamma)."""
+    """'cross_entropy' (weight 1), 'mile' (weight (sigma + H)^gamma, H the predicted entropy),
+    'focal' (weight (1 - p_target)^gamma) or 'emo' (earth mover distance to the target with
+    maximum likelihood, weight 1; needs the output weights: ``losses/emo.py``)."""
 
     mile_gamma: float = 1.0
     """MiLe exponent gamma. 0 gives plain cross entropy; the paper's default is 1."""

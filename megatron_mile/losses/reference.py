@@ -51,3 +51,20 @@ def reference_focal_cross_entropy(vocab_parallel_logits, target, gamma=1.0, tp_g
     ce, _, p_target = reference_terms(vocab_parallel_logits, target, tp_group, dtype)
     weight = (1.0 - p_target).clamp_min(0.0) ** gamma
     return weight * ce, weight
+
+
+def reference_emo(vocab_parallel_logits, target, output_weight, tp_group=None, dtype=torch.float64):
+    """(ce, emo, entropy) over the full vocabulary: the earth mover distance to the one-hot target
+    as the expected transport cost ``sum_v q_v (1 - cos(e_v, e_y))`` from the whole cost matrix."""
+    group = _tp_group(tp_group)
+    ce, entropy, _ = reference_terms(vocab_parallel_logits, target, group, dtype)
+    logits = _gather_vocab(vocab_parallel_logits, group).to(dtype)
+    weight = output_weight.detach().to(dtype)
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        shards = [torch.empty_like(weight) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(shards, weight.contiguous(), group=group)
+        weight = torch.cat(shards)
+    unit = torch.nn.functional.normalize(weight, dim=-1)
+    cost = 1.0 - unit @ unit.T  # [V, V]
+    emo = (torch.softmax(logits, dim=-1) * cost[target]).sum(-1)
+    return ce, emo, entropy

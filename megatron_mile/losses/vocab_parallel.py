@@ -323,6 +323,8 @@ def vocab_parallel_weighted_cross_entropy(
     Returns:
         :class:`WeightedCrossEntropy` ``(weighted_ce, weight, ce, entropy)``, float32 ``[s, b]``.
     """
+    if config.loss == "emo":
+        raise ValueError("loss 'emo' needs the output-layer weights: use megatron_mile.losses.vocab_parallel_emo")
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1), vocab_parallel_logits.device)
     return WeightedCrossEntropy(

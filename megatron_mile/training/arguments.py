@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("MiLe loss")
     g.add_argument("--loss", choices=LOSS_TYPES, default="cross_entropy",
-                   help="Token weighting of the language-model loss.")
+                   help="Language-model loss: cross_entropy, MiLe or focal (token-weighted cross entropy), "
+                        "or emo (earth mover distance to the target, with maximum likelihood).")
     g.add_argument("--mile-gamma", type=float, default=1.0, help="MiLe exponent: w = (sigma + H)^gamma.")
     g.add_argument("--mile-sigma", type=float, default=1.0, help="MiLe offset sigma.")
     g.add_argument("--focal-gamma", type=float, default=1.0, help="Focal exponent: w = (1 - p_y)^gamma.")
