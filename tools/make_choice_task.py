@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Thin wrapper: `python tools/make_choice_task.py --help` (code in megatron_mile.evaluation.downstream)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_mile.evaluation.downstream import make_task_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(make_task_main())
