@@ -41,7 +41,7 @@ PAPER_CONFIGS = {
     "llama_1.2b": (16, 2048, 16, 8192, 1, False),
     "llama_6.7b": (32, 4096, 32, 11008, 2, True),
 }
-LOSSES = ("cross_entropy", "focal", "mile")
+LOSSES = ("cross_entropy", "focal", "mile", "emo")
 
 
 def run_script(script: Path, *extra: str, env: dict | None = None, dry_run: bool = True,
