@@ -35,7 +35,7 @@ LOSSES = ("megatron_ce", "mile", "focal")
 CUDA_LOSSES = LOSSES + ("mile_torch",)
 
 
-def _loss_fn(name):
+def _loss_fn(name, emo_weight=None):
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     from megatron_mile.losses import vocab_parallel_focal_cross_entropy, vocab_parallel_mile_cross_entropy
@@ -44,6 +44,10 @@ def _loss_fn(name):
         return lambda z, y: vocab_parallel_cross_entropy(z, y)
     if name == "mile":
         return lambda z, y: vocab_parallel_mile_cross_entropy(z, y)[0]
+    if name == "emo":  # EMO and CE, both with gradients (what --loss emo differentiates)
+        from megatron_mile.losses import vocab_parallel_emo
+
+        return lambda z, y: sum(vocab_parallel_emo(z, y, emo_weight)[:2])
     if name == "mile_torch":
         from megatron_mile.losses import LossConfig, vocab_parallel_weighted_cross_entropy
 
@@ -62,7 +66,7 @@ def _rss_kib(field):
         return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
 
 
-def body(tokens, vocab, dtype_name, threads, reps, seed=0):
+def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0):
     from megatron.core import parallel_state as ps
 
     torch.set_num_threads(threads)
@@ -75,7 +79,9 @@ def body(tokens, vocab, dtype_name, threads, reps, seed=0):
     del full
     target = torch.randint(0, vocab, (tokens, 1), generator=gen)
     upstream = torch.ones(tokens, 1)
-    fns = {name: _loss_fn(name) for name in LOSSES}
+    names = LOSSES + (("emo",) if emo_hidden else ())
+    emo_weight = torch.randn(width, emo_hidden, generator=gen) if emo_hidden else None
+    fns = {name: _loss_fn(name, emo_weight) for name in names}
     group = ps.get_tensor_model_parallel_group()
 
     def once(name, measure_memory=False):
@@ -91,13 +97,13 @@ def body(tokens, vocab, dtype_name, threads, reps, seed=0):
         peak = (_rss_kib("VmHWM") - rss0) * 1024 if measure_memory else None
         return elapsed, peak
 
-    for name in LOSSES:  # warm-up
+    for name in names:  # warm-up
         once(name)
-    times = {name: [] for name in LOSSES}
+    times = {name: [] for name in names}
     for _ in range(reps):
-        for name in LOSSES:
+        for name in names:
             times[name].append(once(name)[0])
-    peak = {name: once(name, measure_memory=True)[1] for name in LOSSES}
+    peak = {name: once(name, measure_memory=True)[1] for name in names}
     return dict(times=times, peak_extra_bytes=peak, logits_bytes=base.numel() * base.element_size())
 
 
@@ -179,13 +185,13 @@ def _row(per_rank, **fields):
     return row
 
 
-def run_grid(tokens, vocab, reps, tps, threads_list, dtypes):
+def run_grid(tokens, vocab, reps, tps, threads_list, dtypes, emo_hidden=None):
     rows = []
     for tp in tps:
         with DistributedPool(tp, threads_per_rank=1) as pool:
             for dtype in dtypes:
                 for threads in threads_list:
-                    per_rank = pool.run(body, tokens, vocab, dtype, threads, reps, tp=tp)
+                    per_rank = pool.run(body, tokens, vocab, dtype, threads, reps, emo_hidden, tp=tp)
                     row = _row(per_rank, tp=tp, dtype=dtype, threads_per_rank=threads, tokens=tokens, vocab=vocab,
                                reps=reps)
                     rows.append(row)
@@ -201,7 +207,9 @@ def _table_row(row):
             f"{fo['median_ms']:.2f} ({fo['time_ratio_to_megatron']:.2f}x) | "
             f"{m['peak_extra_mib']:.0f} / {mi['peak_extra_mib']:.0f} / {fo['peak_extra_mib']:.0f} |"
             + (f" {row['mile_torch']['median_ms']:.2f} ({row['mile_torch']['time_ratio_to_megatron']:.2f}x)"
-               f" {row['mile_torch']['peak_extra_mib']:.0f} |" if "mile_torch" in row else ""))
+               f" {row['mile_torch']['peak_extra_mib']:.0f} |" if "mile_torch" in row else "")
+            + (f" EMO {row['emo']['median_ms']:.1f} ({row['emo']['time_ratio_to_megatron']:.2f}x)"
+               f" {row['emo']['peak_extra_mib']:.0f} MiB |" if "emo" in row else ""))
 
 
 TABLE_HEADER = ("| dtype | vocab | TP | threads/rank | megatron CE ms | MiLe ms (ratio) | focal ms (ratio) | "
@@ -223,6 +231,9 @@ def main(argv=None):
     parser.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--emo-hidden", type=int, default=None,
+                        help="CPU grid: also time EMO (ce + emo, vocab_parallel_emo) with output weights of this "
+                             "hidden size.")
     parser.add_argument("--output", default=None,
                         help="Default: bench/results/loss_bench.json (CPU) or loss_bench_gpu.json (CUDA).")
     args = parser.parse_args(argv)
@@ -234,7 +245,7 @@ def main(argv=None):
     if cuda:
         rows = run_cuda_grid(tokens, args.vocab, args.reps, args.dtypes)
     else:
-        rows = run_grid(tokens, args.vocab[0], args.reps, args.tp, args.threads, args.dtypes)
+        rows = run_grid(tokens, args.vocab[0], args.reps, args.tp, args.threads, args.dtypes, args.emo_hidden)
     result = dict(
         benchmark="loss_bench", torch=torch.__version__, cpu=_cpu_name(), nproc=os.cpu_count(),
         device=torch.cuda.get_device_name() if cuda else "cpu",

@@ -1,21 +1,18 @@
 """Shared fixtures: one gloo process pool per test module (``WORLD_SIZE`` in the module, default 4).
 
-Without a GPU, triton's interpreter is switched on (before any kernel is defined, and inherited by
-the pool's workers) so the GPU loss kernels run, slowly, on CPU tensors in the loss tests."""
-
-import os
+The pool is the CPU test harness: its workers never see a GPU (so a GPU machine runs the same CPU
+path) and run triton's interpreter, so the GPU loss kernels run, slowly, on CPU tensors in the loss
+tests. The compiled kernels are tested on a GPU by test_gpu.py."""
 
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from megatron_mile.testing import DistributedPool
+
+CPU_WORKER_ENV = {"CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"}
 
 
 @pytest.fixture(scope="module")
 def dist_pool(request):
-    pool = DistributedPool(getattr(request.module, "WORLD_SIZE", 4))
+    pool = DistributedPool(getattr(request.module, "WORLD_SIZE", 4), env=CPU_WORKER_ENV)
     yield pool
     pool.close()

@@ -244,8 +244,8 @@ def test_command_line_on_a_trained_checkpoint(tmp_path, dist_pool):
     task.write_text("".join(json.dumps(item) + "\n" for item in items))
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools/eval_downstream.py"), "--load", save,
-                           "--task", f"toy={task}", "--batch-size", "3", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                           "--task", f"toy={task}", "--batch-size", "3", "--dtype", "float32", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "toy: acc" in proc.stdout and "continuations" in proc.stdout
     result = json.loads(out.read_text())["tasks"]["toy"]

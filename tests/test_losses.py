@@ -5,7 +5,7 @@ data-parallel replicas doing the same computation). The reference below is delib
 float64, the whole vocabulary, autograd for the gradient; it shares no code with the package.
 
 Both kernels are checked: ``torch`` (the CPU path) and ``triton`` (the GPU path, here through
-triton's interpreter, which conftest.py switches on when there is no GPU). The triton cases use
+triton's interpreter, which conftest.py switches on in the pool's workers). The triton cases use
 32-element vocabulary blocks so that rows span several blocks, as they do on a GPU.
 """
 
@@ -415,13 +415,21 @@ def test_loss_config_rejects_unknown_values():
         LossConfig(kernel="cuda")
 
 
-def test_auto_kernel_uses_torch_for_cpu_tensors_even_when_interpreting():
+def body_kernel_choice():
     from megatron_mile.losses.vocab_parallel import _use_triton
 
-    assert triton_kernels.interpreting()  # conftest.py, without a GPU
-    assert not _use_triton("auto", torch.zeros(2, 3))
-    assert _use_triton("triton", torch.zeros(2, 3))
-    assert not _use_triton("torch", torch.zeros(2, 3))
+    cpu = torch.zeros(2, 3)
+    assert triton_kernels.interpreting()  # the pool's workers (conftest.py)
+    return _use_triton("auto", cpu), _use_triton("triton", cpu), _use_triton("torch", cpu)
+
+
+def test_auto_kernel_uses_torch_for_cpu_tensors_even_when_interpreting(dist_pool):
+    assert dist_pool.run(body_kernel_choice)[0] == (False, True, False)
+    if not triton_kernels.interpreting():  # this process: a CPU tensor cannot take the triton kernel
+        from megatron_mile.losses.vocab_parallel import _use_triton
+
+        with pytest.raises(RuntimeError, match="needs triton and a CUDA tensor"):
+            _use_triton("triton", torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

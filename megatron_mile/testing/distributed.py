@@ -20,7 +20,7 @@ import socket
 import sys
 import traceback
 from multiprocessing.connection import wait
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.multiprocessing as mp
 
@@ -35,8 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, conn, sys_path: List[str], threads: int) -> None:
+def _worker(rank: int, world_size: int, port: int, conn, sys_path: List[str], threads: int,
+            env: Dict[str, str]) -> None:
     sys.path[:0] = [p for p in sys_path if p not in sys.path]
+    os.environ.update(env)  # before anything initialises CUDA or defines a triton kernel
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
@@ -74,10 +76,13 @@ def _worker(rank: int, world_size: int, port: int, conn, sys_path: List[str], th
 
 
 class DistributedPool:
-    """``world_size`` persistent gloo worker processes (see module docstring)."""
+    """``world_size`` persistent gloo worker processes (see module docstring); ``env`` is added to
+    the workers' environment."""
 
-    def __init__(self, world_size: int, timeout: float = 600.0, threads_per_rank: Optional[int] = None):
+    def __init__(self, world_size: int, timeout: float = 600.0, threads_per_rank: Optional[int] = None,
+                 env: Optional[Dict[str, str]] = None):
         self.world_size = world_size
+        self.env = dict(env or {})
         self.timeout = timeout
         self.threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
         self._procs: list = []
@@ -89,7 +94,7 @@ class DistributedPool:
         for rank in range(self.world_size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_worker, args=(rank, self.world_size, port, child, list(sys.path), self.threads),
+                target=_worker, args=(rank, self.world_size, port, child, list(sys.path), self.threads, self.env),
                 daemon=True,
             )
             proc.start()
