@@ -1,8 +1,8 @@
 #!/bin/bash
 # What MiLe changes, on CPU in minutes (docs/analysis.md): train two tiny models, cross entropy and
 # MiLe, on the real-text corpus of the README demo with dense early checkpoints, evaluate every
-# checkpoint on held-out text, and write the frequency-bucket table, the learning curves by bucket
-# and the age-of-acquisition scatter.
+# checkpoint on held-out text, and write the frequency-bucket table, the learning curves by bucket,
+# the age-of-acquisition scatter and a zero-shot cloze accuracy per run.
 #
 #   bash examples/analysis_walkthrough.sh                          # everything under $WORK
 #   FIGURES=docs/figures bash examples/analysis_walkthrough.sh     # refresh the checked-in figures
@@ -45,6 +45,8 @@ source "${REPO}/examples/configs/run_cmd.sh"
 # Evaluation: windows of SEQ_LENGTH + 1 held-out tokens per domain, every position.
 : "${EVAL_SEQUENCES:=24}"
 : "${BUCKETS:=log}"
+# Downstream: a 4-way continuation cloze of this many items from the held-out documents.
+: "${CLOZE_ITEMS:=400}"
 
 DATA="${WORK}/data/corpus"
 SPM="${WORK}/spm${VOCAB}"
@@ -142,8 +144,17 @@ run_cmd "${PYTHON}" tools/learning_curves.py --store "${STORE}" --frequency "${W
     --runs "${RUNS[@]}" "${GROUPS_ARGS[@]}" --buckets "${BUCKETS}" --output-prefix "${REPORT}/curves" \
     --per-token-dir "${REPORT}/per_token"
 
-# 7. The figures.
+# 7. Downstream: the cloze, scored zero-shot (log-likelihood) by every run's last checkpoint.
+run_cmd "${PYTHON}" tools/make_choice_task.py --data-path "${DATASETS[@]}" --split "${SPLIT}" --split-name valid \
+    --tokenizer-type SentencePieceTokenizer --tokenizer-model "${SPM}.model" --num-items "${CLOZE_ITEMS}" \
+    --output "${REPORT}/cloze.jsonl"
+for name in "${RUNS[@]}"; do
+    run_cmd "${PYTHON}" tools/eval_downstream.py --load "${WORK}/checkpoints/${name}" \
+        --task "cloze=${REPORT}/cloze.jsonl" --output "${REPORT}/downstream_${name}.json"
+done
+
+# 8. The figures.
 for png in buckets.png curves_curves.png curves_aoa.png; do
     run_cmd cp "${REPORT}/${png}" "${FIGURES}/analysis_${png}"
 done
-echo "# tables: ${REPORT}/buckets.md ${REPORT}/curves.md; figures: ${FIGURES}"
+echo "# tables: ${REPORT}/buckets.md ${REPORT}/curves.md; downstream: ${REPORT}/downstream_*.json; figures: ${FIGURES}"
