@@ -212,14 +212,16 @@ def evaluate_multiple_choice(scorer: LoglikelihoodScorer, items: Sequence[Multip
         for choice in item.choices:
             pairs.append(scorer.encode_pair(item.context, target_delimiter + choice))
             owners.append(index)
-    started = time.perf_counter()
+    started = last = time.perf_counter()
 
-    def progress(done: int, total: int) -> None:
-        if log is None:
+    def progress(done: int, total: int) -> None:  # a line every 10 s, and at the end
+        nonlocal last
+        now = time.perf_counter()
+        if log is None or (now - last < 10 and done < total):
             return
-        elapsed = time.perf_counter() - started
-        eta = elapsed / done * (total - done)
-        log(f"  scored {done}/{total} continuations ({done / elapsed:.1f}/s, ETA {eta:.0f} s)")
+        last = now
+        eta = (now - started) / done * (total - done)
+        log(f"  scored {done}/{total} continuations ({done / (now - started):.1f}/s, ETA {eta:.0f} s)")
 
     scores = scorer.score_tokens(pairs, progress=progress)
     per_item: List[List[float]] = [[] for _ in items]
