@@ -217,7 +217,8 @@ def main(argv=None) -> None:
         world = dist.get_world_size()
         mfu = ({arm: tokens_per_s[arm] * flops_per_token / (world * peak_tflops * 1e12) for arm in ARMS}
                if peak_tflops else None)
-        peak_gib = {arm: peak_all[i].item() / 2**30 for i, arm in enumerate(ARMS)} if torch.cuda.is_available() else None
+        peak_gib = ({arm: peak_all[i].item() / 2**30 for i, arm in enumerate(ARMS)}
+                    if torch.cuda.is_available() else None)
         result = {
             "benchmark": "train_step_mile_vs_cross_entropy",
             "device": device,

@@ -302,7 +302,8 @@ def test_make_choice_task_reads_only_the_requested_split(tmp_path):
     writer.finalize()
     out = tmp_path / "task.jsonl"
     make_task_main(["--data-path", prefix, "--split", "60,40,0", "--split-name", "valid", "--tokenizer-type",
-                    "NullTokenizer", "--vocab-size", "1000", "--num-items", "30", "--context-words", "5", "--continuation-words", "2",
+                    "NullTokenizer", "--vocab-size", "1000", "--num-items", "30", "--context-words", "5",
+                    "--continuation-words", "2",
                     "--output", str(out)])
     items = [json.loads(line) for line in out.read_text().splitlines()]
     used = {int(word) // 100 for item in items for text in [item["context"], *item["choices"]] for word in text.split()}
