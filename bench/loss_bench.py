@@ -17,7 +17,6 @@ CUDA events over the grid dtype x vocabulary size, and the peak extra memory is
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -27,6 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from megatron_mile.analysis._io import write_json  # noqa: E402
 from megatron_mile.testing import DistributedPool  # noqa: E402
 
 LOSSES = ("megatron_ce", "mile", "focal")
@@ -66,6 +66,18 @@ def _rss_kib(field):
         return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
 
 
+def _interleaved(names, reps, once):
+    """One warm-up call per loss, then ``reps`` rounds calling each in turn (drift hits all alike);
+    ``{name: [once(name) of each round]}``."""
+    for name in names:
+        once(name)
+    runs = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            runs[name].append(once(name))
+    return runs
+
+
 def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0):
     from megatron.core import parallel_state as ps
 
@@ -97,12 +109,8 @@ def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0):
         peak = (_rss_kib("VmHWM") - rss0) * 1024 if measure_memory else None
         return elapsed, peak
 
-    for name in names:  # warm-up
-        once(name)
-    times = {name: [] for name in names}
-    for _ in range(reps):
-        for name in names:
-            times[name].append(once(name)[0])
+    runs = _interleaved(names, reps, once)
+    times = {name: [elapsed for elapsed, _ in calls] for name, calls in runs.items()}
     peak = {name: once(name, measure_memory=True)[1] for name in names}
     return dict(times=times, peak_extra_bytes=peak, logits_bytes=base.numel() * base.element_size())
 
@@ -129,15 +137,9 @@ def cuda_body(tokens, vocab, dtype_name, reps, seed=0):
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 1e3, torch.cuda.max_memory_allocated() - before
 
-    for name in CUDA_LOSSES:  # warm-up
-        once(name)
-    times = {name: [] for name in CUDA_LOSSES}
-    peak = {name: 0 for name in CUDA_LOSSES}
-    for _ in range(reps):
-        for name in CUDA_LOSSES:
-            elapsed, extra = once(name)
-            times[name].append(elapsed)
-            peak[name] = max(peak[name], extra)
+    runs = _interleaved(CUDA_LOSSES, reps, once)
+    times = {name: [elapsed for elapsed, _ in calls] for name, calls in runs.items()}
+    peak = {name: max(extra for _, extra in calls) for name, calls in runs.items()}
     return dict(times=times, peak_extra_bytes=peak, logits_bytes=base.numel() * base.element_size())
 
 
@@ -253,10 +255,7 @@ def main(argv=None):
         rows=rows,
     )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, output)
+    write_json(output, result)
     print(f"wrote {output}")
 
 

@@ -29,7 +29,6 @@ bf16 rate for known cards (``--peak-tflops`` overrides); MFU is left out without
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform as host
 import statistics
@@ -51,6 +50,10 @@ ARMS = ("megatron_ce", "cross_entropy", "mile")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 
 
+def _device():
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+
+
 def default_peak_tflops():
     if not torch.cuda.is_available():
         return None
@@ -68,8 +71,7 @@ def model_flops_per_token(args, model) -> float:
         for name, param in chunk.named_parameters():
             if "embedding.word_embeddings" not in name:
                 local += param.numel()
-    total = torch.tensor([local], dtype=torch.float64,
-                         device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+    total = torch.tensor([local], dtype=torch.float64, device=_device())
     # One copy per data-parallel replica: sum over the model-parallel group only.
     dist.all_reduce(total, group=parallel_state.get_model_parallel_group())
     return 6 * total.item() + 12 * args.num_layers * args.hidden_size * args.seq_length
@@ -108,7 +110,7 @@ def time_loss_only(args, repeats: int) -> dict:
     from megatron_mile.losses import LossConfig, vocab_parallel_weighted_cross_entropy
 
     tp = args.tensor_model_parallel_size
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = _device()
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     shape = (args.seq_length, args.micro_batch_size, args.padded_vocab_size // tp)
     gen = torch.Generator().manual_seed(0)
@@ -136,6 +138,7 @@ def time_loss_only(args, repeats: int) -> dict:
 
 def main(argv=None) -> None:
     from megatron_mile import platform
+    from megatron_mile.analysis._io import write_json
     from megatron_mile.data.tokenizers import build_tokenizer
     from megatron_mile.model import padded_vocab_size
     from megatron_mile.pretrain_gpt import (
@@ -202,8 +205,7 @@ def main(argv=None) -> None:
     loss_ms = time_loss_only(args, own.loss_repeats)
     peak_tflops = own.peak_tflops or default_peak_tflops()
     # The largest peak over the ranks (pipeline stage 0 holds the most activations).
-    peak_all = torch.tensor([peak_bytes[arm] for arm in ARMS], dtype=torch.float64,
-                            device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+    peak_all = torch.tensor([peak_bytes[arm] for arm in ARMS], dtype=torch.float64, device=_device())
     dist.all_reduce(peak_all, op=dist.ReduceOp.MAX)
 
     if dist.get_rank() == 0:
@@ -250,9 +252,7 @@ def main(argv=None) -> None:
         out = own.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"train_{'gpu' if torch.cuda.is_available() else 'cpu'}.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(out + ".tmp", out)
+        write_json(out, result)
         print("| loss | step ms (min) | step ms (median) | tokens/s | MFU | peak GiB | loss alone fwd+bwd ms |\n"
               "|---|---|---|---|---|---|---|")
         for arm in ARMS:

@@ -392,10 +392,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for task, metrics in evaluated["results"].items():
             print(f"[eval_downstream] {task}: {metrics}", flush=True)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.output)
+        from megatron_mile.analysis._io import finite_or_none, write_json
+
+        for metrics in results["tasks"].values():  # JSON has no NaN: a stderr of one item is null
+            metrics.update({k: finite_or_none(v) for k, v in metrics.items() if isinstance(v, float)})
+        write_json(args.output, results)
         print(f"[eval_downstream] wrote {args.output}")
     return 0
 
@@ -430,6 +431,7 @@ def make_task_main(argv: Optional[Sequence[str]] = None) -> int:
 
     import numpy as np
 
+    from megatron_mile.analysis._io import write_text
     from megatron_mile.analysis.frequency import document_token_range, iter_token_chunks, open_indexed_dataset
     from megatron_mile.data.tokenizers import build_tokenizer
 
@@ -457,9 +459,6 @@ def make_task_main(argv: Optional[Sequence[str]] = None) -> int:
                                           args.num_choices, args.seed, args.max_choice_chars)
     except ValueError as exc:
         raise SystemExit(f"make_choice_task: {exc}") from None
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
-    os.replace(tmp, args.output)
+    write_text(args.output, "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
     print(f"[make_choice_task] {len(items)} items from {len(documents)} {args.split_name} documents -> {args.output}")
     return 0

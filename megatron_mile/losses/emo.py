@@ -52,9 +52,10 @@ def _unit_rows(weight: torch.Tensor) -> torch.Tensor:
 class _VocabParallelEMO(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vocab_parallel_logits, target, output_weight, tp_group, chunk_tokens):
+        steps = VocabParallelWeightedCrossEntropy
         rank, world = _group_rank_size(tp_group)
         width = vocab_parallel_logits.size(-1)
-        VocabParallelWeightedCrossEntropy.check_inputs(vocab_parallel_logits, target, width * world)
+        steps.check_inputs(vocab_parallel_logits, target, width * world)
         if output_weight.dim() != 2 or output_weight.size(0) != width:
             raise ValueError(f"output_weight {tuple(output_weight.shape)} must be this rank's [V/tp = {width}, h] "
                              f"slice of the output layer")
@@ -64,9 +65,7 @@ class _VocabParallelEMO(torch.autograd.Function):
         target_1d = target.reshape(-1).long()
         unit = _unit_rows(output_weight)
 
-        owned = (target_1d >= vocab_start) & (target_1d < vocab_start + width)
-        rows = owned.nonzero().squeeze(-1)
-        cols = target_1d[rows] - vocab_start
+        rows, cols = steps.owned_targets(target_1d, vocab_start, width)
         target_unit = torch.zeros(target_1d.numel(), unit.size(1), dtype=torch.float32, device=unit.device)
         target_unit[rows] = unit[cols]
         if world > 1:
@@ -89,8 +88,7 @@ class _VocabParallelEMO(torch.autograd.Function):
         if world > 1:
             global_max = local_max.clone()
             dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
-            VocabParallelWeightedCrossEntropy.rescale_to_global_max(local_max, global_max, sum_exp,
-                                                                     sum_shifted_exp)
+            steps.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
             sum_exp_similarity.mul_(torch.exp(local_max - global_max))
         else:
             global_max = local_max
@@ -101,12 +99,11 @@ class _VocabParallelEMO(torch.autograd.Function):
             dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
             sum_exp, sum_shifted_exp, target_shifted, sum_exp_similarity = stacked.unbind(0)
 
-        ce, entropy, _ = VocabParallelWeightedCrossEntropy.token_terms(sum_exp, sum_shifted_exp, target_shifted)
+        ce, entropy, _ = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
         expected_similarity = sum_exp_similarity / sum_exp
         emo = 1.0 - expected_similarity
 
-        target_col = torch.full_like(target_1d, -1)
-        target_col[rows] = cols
+        target_col = steps.target_columns(target_1d, rows, cols)
         ctx.save_for_backward(buffer, unit, target_unit, global_max + torch.log(sum_exp), expected_similarity,
                               target_col)
         ctx.chunk_tokens = chunk_tokens

@@ -134,6 +134,21 @@ class VocabParallelWeightedCrossEntropy:
             raise ValueError(f"target ids must lie in [0, {vocab_size}), found min {lo} max {hi}")
 
     @staticmethod
+    def owned_targets(target_1d: torch.Tensor, vocab_start: int, width: int):
+        """``(rows, cols)``: the rows whose target lies in this rank's slice, and its column there."""
+        owned = (target_1d >= vocab_start) & (target_1d < vocab_start + width)
+        rows = owned.nonzero().squeeze(-1)
+        return rows, target_1d[rows] - vocab_start
+
+    @staticmethod
+    def target_columns(target_1d: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                       dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """Per row, the target's column in this slice, -1 where another rank owns it."""
+        column = torch.full_like(target_1d, -1, dtype=dtype)
+        column[rows] = cols.to(dtype)
+        return column
+
+    @staticmethod
     def local_statistics(logits_2d: torch.Tensor, chunk_tokens: int):
         """Per row of this rank's slice: ``m = max z``, ``s = sum e``, ``a = sum (z - m) e`` with
         ``e = exp(z - m)``, in float32. The logits are overwritten (in their dtype) with this
@@ -245,9 +260,7 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
         buffer = vocab_parallel_logits.contiguous()  # the same tensor unless it was strided
         logits_2d = buffer.view(-1, width)
         target_1d = target.reshape(-1).long()
-        owned = (target_1d >= vocab_start) & (target_1d < vocab_start + width)
-        rows = owned.nonzero().squeeze(-1)
-        cols = target_1d[rows] - vocab_start
+        rows, cols = steps.owned_targets(target_1d, vocab_start, width)
         target_logit = logits_2d[rows, cols].float()  # read before the buffer is overwritten
 
         if use_triton:  # the logits stay as they are
@@ -273,8 +286,7 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
         weight = steps.token_weight(config, entropy, p_target)
         ctx.use_triton, ctx.chunk_tokens = use_triton, chunk_tokens
         if use_triton:  # the backward recomputes softmax = exp(z - M - log S) from the logits
-            target_col = torch.full_like(target_1d, -1, dtype=torch.int32)
-            target_col[rows] = cols.to(torch.int32)
+            target_col = steps.target_columns(target_1d, rows, cols, torch.int32)
             ctx.save_for_backward(buffer, weight, global_max + torch.log(sum_exp), target_col)
         else:
             # d(w ce)/dz = w (softmax - onehot); the buffer holds the slice's softmax e / s, and the
