@@ -23,6 +23,7 @@ from megatron_mile.evaluation.downstream import (
     evaluate_multiple_choice,
     lm_eval_model,
     read_multiple_choice,
+    rolling_windows,
 )
 
 WORLD_SIZE = 1
@@ -99,10 +100,76 @@ def test_encode_pair_follows_lm_eval_conventions():
     assert scorer.encode_pair("12 ", "34") == ([1, 2], [10, 3, 4])  # the trailing space joins the continuation
     assert scorer.encode_pair("12", " 34") == ([1, 2], [10, 3, 4])
     assert scorer.encode_pair("", "5") == ([10], [5])  # an empty context starts from end of document
+    assert scorer.encode_pair("", " 5") == ([10], [5])  # ... unless the continuation starts with it
     with pytest.raises(ValueError, match="does not fit"):
         scorer.score_tokens([([1], list(range(10)) * 2)])
     with pytest.raises(ValueError, match="no tokens"):
         scorer.score_tokens([([1], [])])
+
+
+class CharTokenizer:
+    """One token per character of a fixed alphabet (id 0, the space, doubles as end of document)."""
+
+    ALPHABET = " \n\tabc12"
+
+    def tokenize(self, text):
+        return [self.ALPHABET.index(c) for c in text]
+
+    def detokenize(self, ids):
+        return "".join(self.ALPHABET[i] for i in ids)
+
+    eod = 0
+
+
+WHITESPACE_PAIRS = [("ab\n", "c"), ("ab \t\n", " c"), ("a\tb\t", "1"), ("ab", " c"), ("ab\n\n", "c\n"),
+                    ("", "ab"), ("", " a")]
+
+
+def lm_eval_encode_pair(tokenizer, context, continuation):
+    """lm-evaluation-harness 0.4.13's ``TemplateLM.loglikelihood`` split for a causal model,
+    re-implemented from their code: every trailing whitespace character joins the continuation."""
+    if context == "":
+        ids = tokenizer.tokenize(continuation)
+        return ([tokenizer.eod], ids) if tokenizer.eod != ids[0] else (ids[:1], ids[1:])
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer.tokenize(context + continuation)
+    return whole[:len(tokenizer.tokenize(context))], whole[len(tokenizer.tokenize(context)):]
+
+
+def test_context_whitespace_moves_to_the_continuation_as_in_lm_eval():
+    scorer = LoglikelihoodScorer(PositionalBigram(), CharTokenizer(), 16)
+    for context, continuation in WHITESPACE_PAIRS:
+        assert scorer.encode_pair(context, continuation) == \
+            lm_eval_encode_pair(CharTokenizer(), context, continuation), (context, continuation)
+    assert scorer.encode_pair("ab\n", "c") == ([3, 4], [1, 5])  # the newline is scored, not conditioned on
+
+
+def test_context_whitespace_against_lm_eval_itself():
+    model_api = pytest.importorskip("lm_eval.api.model")  # optional: not a CI dependency
+    seen = []
+
+    class Recorder(model_api.TemplateLM):
+        eot_token_id = CharTokenizer.eod
+
+        def tok_encode(self, string, **kwargs):
+            return CharTokenizer().tokenize(string)
+
+        def _loglikelihood_tokens(self, requests, **kwargs):
+            seen.extend((context, continuation) for _, context, continuation in requests)
+            return [(0.0, False)] * len(requests)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def generate_until(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    Recorder().loglikelihood([types.SimpleNamespace(args=pair) for pair in WHITESPACE_PAIRS], disable_tqdm=True)
+    scorer = LoglikelihoodScorer(PositionalBigram(), CharTokenizer(), 16)
+    assert [scorer.encode_pair(*pair) for pair in WHITESPACE_PAIRS] == seen
 
 
 def test_multiple_choice_accuracy_and_stderr():
@@ -133,16 +200,66 @@ def test_multiple_choice_accuracy_and_stderr():
     assert got["num_items"] == 9 and math.isclose(got["chance"], 1 / 3)
 
 
+def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len=1):
+    """lm-evaluation-harness 0.4.13's ``get_rolling_token_windows`` followed by
+    ``make_disjoint_window`` (lm_eval/utils.py), re-implemented here step by step from their code."""
+    assert 1 <= context_len <= max_seq_len
+    if not token_list:
+        return []
+    pred_len = max_seq_len - context_len + 1
+    predicted = 0
+    first_seq_len = min(max_seq_len, len(token_list))
+    overlapping = [([prefix_token] + token_list[:first_seq_len - 1], token_list[:first_seq_len])]
+    predicted += first_seq_len
+    while predicted < len(token_list):
+        window_pred_len = min(len(token_list) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        overlapping.append((token_list[window_end - max_seq_len - 1:window_end - 1],
+                            token_list[window_end - window_pred_len:window_end]))
+        predicted += window_pred_len
+    return [(a[:len(a) - (len(b) - 1)], b) for a, b in overlapping]  # make_disjoint_window
+
+
+ROLLING_LENGTHS = [0, 1, 4, 5, 6, 9, 10, 11, 13, 23]  # around and across multiples of seq_length 5
+
+
+def test_rolling_windows_are_lm_evals():
+    for n in ROLLING_LENGTHS:
+        tokens = [(7 * i + 3) % VOCAB for i in range(n)]
+        got = rolling_windows(tokens, 10, 5)
+        assert got == lm_eval_rolling_windows(tokens, 10, 5), n
+        # Every token predicted once, in order; every window fits the model.
+        assert [t for _, cont in got for t in cont] == tokens
+        assert all(len(ctx) + len(cont) <= 6 for ctx, cont in got)
+    # The issue's case: a last partial window is conditioned on seq_length - k + 1 earlier tokens.
+    windows = rolling_windows(list(range(204)), -1, 128)
+    assert [(len(c), len(x)) for c, x in windows] == [(1, 128), (53, 76)]
+    assert windows[1][0] == list(range(75, 128))
+
+
+def test_rolling_windows_against_lm_eval_itself():
+    utils = pytest.importorskip("lm_eval.utils")  # optional: not a CI dependency
+    for n in ROLLING_LENGTHS:
+        tokens = [(3 * i + 1) % VOCAB for i in range(n)]
+        want = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
+            token_list=tokens, prefix_token=10, max_seq_len=5, context_len=1)]
+        assert rolling_windows(tokens, 10, 5) == want, n
+
+
+def test_rolling_logprob_sums_lm_eval_windows():
+    model = PositionalBigram(seed=4)
+    for batch_size in (1, 2):
+        scorer = LoglikelihoodScorer(model, DigitTokenizer(), 5, batch_size=batch_size)
+        for n in ROLLING_LENGTHS:
+            text = "31415926535897932384626"[:n]
+            ids = DigitTokenizer().tokenize(text)
+            want = sum(reference_score(model, ctx, cont, 5)[0] for ctx, cont in lm_eval_rolling_windows(ids, 10, 5))
+            assert math.isclose(scorer.rolling_logprob(text), want, rel_tol=1e-5, abs_tol=1e-6), (n, batch_size)
+
+
 def test_rolling_and_greedy_generation():
     model = PositionalBigram(seed=4)
     scorer = LoglikelihoodScorer(model, DigitTokenizer(), 5, batch_size=2)
-    text = "31415926535"
-    ids = [10] + DigitTokenizer().tokenize(text)
-    # Every token once, windows of 5 predictions, each window restarting at position 0.
-    want = 0.0
-    for start in range(1, len(ids), 5):
-        want += reference_score(model, ids[start - 1:start], ids[start:start + 5], 5)[0]
-    assert math.isclose(scorer.rolling_logprob(text), want, rel_tol=1e-5)
     # Greedy: follow the argmax chain by hand (window of the last 5 tokens, positions from 0).
     tokens, out = DigitTokenizer().tokenize("27"), []
     for _ in range(4):

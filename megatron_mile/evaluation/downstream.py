@@ -5,10 +5,12 @@ of the continuation's tokens given the context, and whether greedy decoding woul
 them. Multiple-choice tasks (PIQA, HellaSwag, ARC, SIQA, StoryCloze, ...) pick the candidate with
 the highest score (``acc``) or the highest score per character of the candidate (``acc_norm``).
 
-The conventions are lm-evaluation-harness's, so numbers compare with the paper's tables: trailing
-spaces of the context move to the continuation; the pair is tokenised as one string and split
-where the context's own tokens end; an empty context starts from the end-of-document token; an
-input longer than the model's sequence length keeps its last ``seq_length + 1`` tokens.
+The conventions are lm-evaluation-harness 0.4.13's, so numbers compare with the paper's tables:
+all trailing whitespace of the context (spaces, tabs, newlines) moves to the continuation; the pair
+is tokenised as one string and split where the context's own tokens end; an empty context starts
+from the end-of-document token (unless the continuation itself starts with it); an input longer
+than the model's sequence length keeps its last ``seq_length + 1`` tokens. Perplexity tasks
+(``loglikelihood_rolling``) cut a text into lm-eval's rolling windows (:func:`rolling_windows`).
 
 Tasks come from jsonl files, one item per line: ``{"context": str, "choices": [str, ...],
 "label": int}`` (:func:`read_multiple_choice`), or from lm-evaluation-harness itself through
@@ -36,6 +38,7 @@ __all__ = [
     "evaluate_multiple_choice",
     "lm_eval_model",
     "read_multiple_choice",
+    "rolling_windows",
 ]
 
 
@@ -70,11 +73,18 @@ class LoglikelihoodScorer:
 
     # ---------------------------------------------------------------- tokenisation
     def encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-        """lm-evaluation-harness's split: trailing spaces join the continuation, the pair is
-        tokenised whole and cut where the context's tokens end."""
-        stripped = context.rstrip(" ")
+        """lm-evaluation-harness's split (``TemplateLM.loglikelihood`` / ``_encode_pair``): all
+        trailing whitespace (``str.rstrip()``) joins the continuation, the pair is tokenised whole and
+        cut where the context's tokens end. An empty context is the end-of-document token, or the
+        continuation's first token when that is already the end-of-document token (as lm-eval). A
+        context of whitespace only is empty once stripped; lm-eval then passes no context token at
+        all, which a causal model cannot score, so we condition on the end-of-document token."""
+        if not context:
+            ids = self.tokenizer.tokenize(continuation)
+            return ([self._eod()], ids) if not ids or ids[0] != self._eod() else (ids[:1], ids[1:])
+        stripped = context.rstrip()
         continuation = context[len(stripped):] + continuation
-        if not stripped:  # nothing to condition on but the document boundary
+        if not stripped:
             return [self._eod()], self.tokenizer.tokenize(continuation)
         whole = self.tokenizer.tokenize(stripped + continuation)
         context_ids = self.tokenizer.tokenize(stripped)
@@ -132,13 +142,12 @@ class LoglikelihoodScorer:
         return scores
 
     def rolling_logprob(self, text: str) -> float:
-        """Log-likelihood of a whole text, every token predicted once in windows of up to
-        ``seq_length`` tokens, the first from the end-of-document token (lm-evaluation-harness's
-        ``loglikelihood_rolling``, used for perplexity tasks)."""
-        tokens = [self._eod()] + self.tokenizer.tokenize(text)
-        pairs = [(tokens[start - 1:start], tokens[start:start + self.seq_length])
-                 for start in range(1, len(tokens), self.seq_length)]
-        return sum(s.logprob for s in self.score_tokens(pairs)) if pairs else 0.0
+        """Log-likelihood (nats) of a whole text, every token predicted exactly once, in
+        lm-evaluation-harness's rolling windows (:func:`rolling_windows` with the end-of-document
+        token as prefix): ``loglikelihood_rolling``, what perplexity tasks such as wikitext use.
+        An empty text scores 0."""
+        pairs = rolling_windows(self.tokenizer.tokenize(text), self._eod(), self.seq_length)
+        return sum(s.logprob for s in self.score_tokens(pairs))
 
     @torch.no_grad()
     def generate_greedy(self, context: str, until: Sequence[str], max_new_tokens: int) -> str:
@@ -160,6 +169,30 @@ class LoglikelihoodScorer:
             if cut:
                 return text[:min(cut)]
         return self.tokenizer.detokenize(generated)
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -> List[Tuple[List[int], List[int]]]:
+    """``(context, continuation)`` token windows that predict every token of ``tokens`` once, as
+    lm-evaluation-harness 0.4.13 cuts a text for ``loglikelihood_rolling`` (``lm_eval/utils.py``:
+    ``get_rolling_token_windows`` with ``context_len=1``, then ``make_disjoint_window``).
+
+    The first window predicts the first ``min(max_length, n)`` tokens from ``prefix_token``; each
+    further window predicts the next ``max_length`` tokens (fewer in the last one) and is conditioned
+    on the tokens just before them, so that context plus continuation is ``max_length + 1`` tokens:
+    one token of context for a full window, ``max_length - k + 1`` for a last window of ``k``."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    tokens = list(tokens)
+    if not tokens:
+        return []
+    first = min(max_length, len(tokens))
+    windows = [([prefix_token], tokens[:first])]
+    end = first
+    while end < len(tokens):
+        start, end = end, min(len(tokens), end + max_length)
+        # end - max_length - 1 >= 0 here: a second window exists only when the first one was full.
+        windows.append((tokens[end - max_length - 1:start], tokens[start:end]))
+    return windows
 
 
 # -------------------------------------------------------------------- multiple-choice tasks
@@ -337,6 +370,9 @@ def build_parser():
     p.add_argument("--lm-eval-tasks", default=None,
                    help="Comma-separated lm-evaluation-harness tasks (needs lm_eval installed and the datasets "
                         "in the local Hugging Face cache).")
+    p.add_argument("--lm-eval-include-path", default=None,
+                   help="A directory of your own lm-evaluation-harness task YAML files (lm_eval's --include_path), "
+                        "e.g. a perplexity task over local text.")
     p.add_argument("--num-fewshot", type=int, default=0, help="Few-shot examples for --lm-eval-tasks.")
     p.add_argument("--limit", type=int, default=None, help="At most this many items per task.")
     p.add_argument("--target-delimiter", default=" ", help="Put between context and choice (jsonl tasks).")
@@ -353,6 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.tasks and not args.lm_eval_tasks:
         raise SystemExit("eval_downstream: give at least one --task NAME=PATH or --lm-eval-tasks")
+    if args.lm_eval_include_path and not os.path.isdir(args.lm_eval_include_path):
+        raise SystemExit(f"eval_downstream: --lm-eval-include-path {args.lm_eval_include_path} is not a directory")
     task_items = {}
     for name, path in args.tasks:  # read every task before loading the model: bad input fails fast
         if not os.path.isfile(path):
@@ -385,9 +423,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"(chance {metrics['chance']:.4f}, {metrics['num_items']} items)", flush=True)
     if args.lm_eval_tasks:
         import lm_eval
+        from lm_eval.tasks import TaskManager
 
         evaluated = lm_eval.simple_evaluate(model=lm_eval_model(scorer), tasks=args.lm_eval_tasks.split(","),
-                                            num_fewshot=args.num_fewshot, limit=args.limit)
+                                            num_fewshot=args.num_fewshot, limit=args.limit,
+                                            task_manager=TaskManager(include_path=args.lm_eval_include_path))
         results["lm_eval"] = evaluated["results"]
         for task, metrics in evaluated["results"].items():
             print(f"[eval_downstream] {task}: {metrics}", flush=True)
