@@ -12,12 +12,12 @@ pipeline schedule, optimizer step, log, validate, checkpoint}.
 
 The loss. :class:`megatron_mile.model.MileGPTModel` returns the per-token weighted loss ``w * ce``
 and keeps the detached ``w``, ``ce`` and entropy. :func:`loss_func` turns a micro-batch into the
-numerator ``sum(mask * w * ce)`` (which carries the gradient) and a denominator: ``sum(mask * w)``
-with ``--mile-normalization global`` (the default), or the token count with ``microbatch`` (then the
-numerator is scaled by the authors' ``alpha = 1 / mean(w)``). megatron-core's per-token-loss path
-(``calculate_per_token_loss``) backpropagates the numerators unscaled and, once per step, divides all
-gradients by the denominator summed over micro-batches and data-parallel ranks
-(``finalize_model_grads``). Its own denominator is an integer token count, so
+numerator ``sum(mask * w * ce)`` (which carries the gradient) and a denominator ``sum(mask * w)``
+with ``--mile-normalization global`` (the default); with ``microbatch`` the numerator is the MiLe
+authors' loss of the micro-batch and the denominator 1 (``losses/reduction.py``). megatron-core's
+per-token-loss path (``calculate_per_token_loss``) backpropagates the numerators unscaled and,
+once per step, divides all gradients by the denominator summed over micro-batches and
+data-parallel ranks (``finalize_model_grads``). Its own denominator is an integer token count, so
 :class:`LossDenominator` sums the float denominators and hands them to ``finalize_model_grads``
 instead. The objective of a step is therefore ``sum(mask*w*ce) / sum(mask*w)`` over the whole global
 batch; for ``--loss cross_entropy`` (w = 1) it is exactly megatron's per-token cross entropy.
@@ -51,7 +51,7 @@ from megatron.core.utils import unwrap_model
 
 from megatron_mile import platform
 from megatron_mile.data.tokenizers import build_tokenizer
-from megatron_mile.losses import microbatch_alpha, reduce_weighted_loss
+from megatron_mile.losses.reduction import microbatch_loss_terms, reduce_weighted_loss
 from megatron_mile.model import gpt_model_from_args, initialize_layout_invariant_, padded_vocab_size
 from megatron_mile.training import checkpointing
 from megatron_mile.training.arguments import (
@@ -347,7 +347,8 @@ def forward_step(denominator: LossDenominator, normalization: str, data_iterator
         labels = batch["labels"].to(device, non_blocking=True)
         loss_mask = batch["loss_mask"].to(device, non_blocking=True)
     output = model(tokens if chunk.pre_process else None, position_ids if chunk.pre_process else None, None,
-                   labels=labels if chunk.post_process else None)
+                   labels=labels if chunk.post_process else None,
+                   loss_mask=loss_mask if chunk.post_process else None)  # ESLM's quantile, EMO's ratios
     return output, partial(loss_func, denominator, normalization, chunk, loss_mask)
 
 
@@ -355,9 +356,12 @@ def loss_func(denominator: LossDenominator, normalization: str, chunk, loss_mask
               output_tensor: torch.Tensor):
     """(numerator with gradient, token count, statistics) for one micro-batch (last stage only)."""
     stats = chunk.token_statistics
-    alpha = microbatch_alpha(stats.weight) if normalization == "microbatch" else None
-    terms = reduce_weighted_loss(output_tensor.float(), stats.weight, loss_mask, ce=stats.cross_entropy,
-                                 entropy=stats.entropy, alpha=alpha)
+    if normalization == "microbatch":
+        terms = microbatch_loss_terms(output_tensor.float(), stats.weight, loss_mask, chunk.loss_config.loss,
+                                      ce=stats.cross_entropy, entropy=stats.entropy)
+    else:
+        terms = reduce_weighted_loss(output_tensor.float(), stats.weight, loss_mask, ce=stats.cross_entropy,
+                                     entropy=stats.entropy)
     denominator.add(terms.denominator)
     report = torch.stack([terms.numerator.detach(), terms.denominator, terms.num_tokens, terms.ce_sum,
                           terms.entropy_sum, terms.weight_sum]).float()
