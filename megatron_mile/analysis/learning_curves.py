@@ -11,7 +11,8 @@ evaluated tokens. Per token:
   undefined (NaN, counted and reported as not acquired) unless the minimum is at least
   ``min_drop`` bits below chance. That threshold is ours: rare tokens whose surprisal only rises
   above chance (the model learns that they are rare) otherwise get an AoA at the first checkpoint
-  that reflects nothing but initialisation noise. ``min_drop=0`` is the paper's definition;
+  that reflects nothing but initialisation noise. ``min_drop=0`` keeps every token whose minimum is
+  below chance, but is still not the reference's rule (see ``definitions="reference"`` below);
 * forgettability: the sum of the smoothed curve's increases (bits);
 * cross-run variability: mean over pairs of runs (different seeds) of the squared difference of
   their smoothed curves, averaged over a uniform log-step grid on the runs' common range.
@@ -32,6 +33,20 @@ line, ``C`` interpolates). Why:
 ``SmoothingConfig(method="none")`` uses the raw curve, linearly interpolated in log-step (exact on
 synthetic curves; useful to check what the smoothing changes). Step 0 (the untrained model, at
 chance anyway) has no log-step and is not allowed.
+
+``definitions="reference"`` computes every statistic as the authors' code does (github
+tylerachang/lm-learning-curves, commit fc89e49, ``utils/annotator.py``), with our smoother in place of
+their per-token GAM:
+
+* final surprisal and within-run variability over the last 11 checkpoints (all of them if fewer);
+* AoA: the smoothed curve on 1000 evenly spaced log10 steps from the first to the last checkpoint;
+  threshold ``(chance + minimum) / 2``; AoA is the first of those points at or below it (no
+  interpolation), and ``log10`` of the last step when the minimum is not below chance (such a token
+  is *not acquired* but keeps that AoA and stays in every mean);
+* forgettability and cross-run variability from the smoothed curves at the checkpoints themselves
+  (cross-run: the squared differences averaged over the checkpoints, so all runs need the same steps);
+* a leading step 0 is dropped from the smoothed statistics (as theirs) and kept in the raw ones;
+* chance (chosen by the caller) is ``log2`` of the tokenizer's vocabulary there.
 """
 
 from __future__ import annotations
@@ -60,6 +75,27 @@ DEFAULT_BLOCK_TOKENS = 1 << 15
 
 # A token counts as acquired when its smoothed curve gets at least this far below chance (bits).
 DEFAULT_MIN_DROP = 1.0
+
+# ``definitions``: the project's (module docstring) or those of Chang et al.'s code.
+DEFINITIONS = ("project", "reference")
+DEFAULT_FINAL_WINDOW = 3
+# utils/annotator.py: get_confidence_scores / get_variability_scores(last_n=11), get_gam_aoas(gam_granularity=1000).
+REFERENCE_FINAL_WINDOW = 11
+REFERENCE_AOA_GRID_POINTS = 1000
+
+
+def _check_definitions(definitions: str) -> None:
+    if definitions not in DEFINITIONS:
+        raise ValueError(f"unknown definitions {definitions!r} (one of {', '.join(DEFINITIONS)})")
+
+
+def _drop_step_zero(steps: Sequence[int], values: Optional[np.ndarray] = None):
+    """The reference's handling of a first checkpoint at step 0 (log10 = -inf): left out of the
+    smoothed statistics."""
+    steps = np.asarray(steps)
+    if steps.size and steps[0] == 0:
+        return steps[1:], None if values is None else values[1:]
+    return steps, values
 
 
 def chance_bits(vocab_size: int) -> float:
@@ -172,9 +208,10 @@ class CurveMetrics:
     within_run_variability: np.ndarray
     """Std (ddof 0) of the raw surprisal over the same checkpoints."""
     aoa: np.ndarray
-    """Age of acquisition, log10(step); NaN where the token is not acquired (see :attr:`acquired`)."""
+    """Age of acquisition, log10(step). Project: NaN where the token is not acquired (see
+    :attr:`acquired`). Reference: log10 of the last step there."""
     acquired: np.ndarray
-    """bool: the smoothed curve's minimum is at least ``min_drop`` below chance (AoA defined)."""
+    """bool: the smoothed curve's minimum is at least ``min_drop`` below chance (reference: below chance)."""
     aoa_censored: np.ndarray
     """bool: already past the midpoint at the first checkpoint (AoA = its log10 step or earlier)."""
     forgettability: np.ndarray
@@ -186,6 +223,8 @@ class CurveMetrics:
     final_window: int
     min_drop: float = DEFAULT_MIN_DROP
     smoothing: dict = field(default_factory=dict)
+    definitions: str = "project"
+    """'project' or 'reference' (Chang et al.'s code; see the module docstring)."""
 
 
 def _first_crossing(grid: np.ndarray, smooth: np.ndarray, threshold: np.ndarray):
@@ -202,20 +241,47 @@ def _first_crossing(grid: np.ndarray, smooth: np.ndarray, threshold: np.ndarray)
     return aoa, first == 0
 
 
+def _reference_first_crossing(grid: np.ndarray, smooth: np.ndarray, chance: float):
+    """Chang et al.'s ``get_gam_aoas``: ``(aoa, minimum, acquired, censored)``; the first grid point
+    at or below ``(chance + minimum) / 2``, the last one when the minimum is not below chance."""
+    minimum = smooth.min(0)
+    threshold = 0.5 * chance + 0.5 * minimum
+    acquired = threshold < chance
+    first = np.argmax(smooth <= threshold[None, :], axis=0)
+    aoa = np.where(acquired, grid[first], grid[-1])
+    return aoa, minimum, acquired, acquired & (first == 0)
+
+
 def compute_curve_metrics(steps: Sequence[int], surprisal: np.ndarray, chance: float,
-                          smoothing: SmoothingConfig = SmoothingConfig(), final_window: int = 3,
-                          min_drop: float = DEFAULT_MIN_DROP,
-                          block_tokens: int = DEFAULT_BLOCK_TOKENS) -> CurveMetrics:
-    """The per-token statistics of the module docstring for ``surprisal [C, N]`` (bits) at ``steps``."""
-    if min_drop < 0:
-        raise ValueError(f"min_drop must be >= 0, got {min_drop}")
+                          smoothing: SmoothingConfig = SmoothingConfig(), final_window: Optional[int] = None,
+                          min_drop: Optional[float] = None, block_tokens: int = DEFAULT_BLOCK_TOKENS,
+                          definitions: str = "project") -> CurveMetrics:
+    """The per-token statistics of the module docstring for ``surprisal [C, N]`` (bits) at ``steps``.
+    ``final_window`` defaults to 3 (project) or 11 (reference, which takes all checkpoints if there
+    are fewer); ``min_drop`` (default 1 bit) is a project definition and refused with 'reference'."""
+    _check_definitions(definitions)
+    reference = definitions == "reference"
     surprisal = np.asarray(surprisal)
     if surprisal.ndim != 2 or surprisal.shape[0] != len(steps):
         raise ValueError(f"surprisal must be [checkpoints={len(steps)}, tokens], got {surprisal.shape}")
+    if reference:
+        if min_drop is not None:
+            raise ValueError("min_drop is a project definition; the reference code has none (leave it unset)")
+        if final_window not in (None, REFERENCE_FINAL_WINDOW):
+            raise ValueError(f"the reference code averages the last {REFERENCE_FINAL_WINDOW} checkpoints; "
+                             f"final_window {final_window} is not its definition")
+        final_window, min_drop = min(REFERENCE_FINAL_WINDOW, surprisal.shape[0]), 0.0
+    else:
+        final_window = DEFAULT_FINAL_WINDOW if final_window is None else final_window
+        min_drop = DEFAULT_MIN_DROP if min_drop is None else min_drop
+    if min_drop < 0:
+        raise ValueError(f"min_drop must be >= 0, got {min_drop}")
     if not 1 <= final_window <= surprisal.shape[0]:
         raise ValueError(f"final_window must be in [1, {surprisal.shape[0]}], got {final_window}")
     if not np.all(np.isfinite(surprisal)):
         raise ValueError("surprisal has non-finite values")
+    if reference:
+        return _reference_curve_metrics(steps, surprisal, chance, smoothing, final_window, block_tokens)
     smoother = CurveSmoother(steps, smoothing)
     n = surprisal.shape[1]
     out = {k: np.empty(n) for k in ("final", "var", "aoa", "forget", "min")}
@@ -240,21 +306,58 @@ def compute_curve_metrics(steps: Sequence[int], surprisal: np.ndarray, chance: f
                         final_window=final_window, min_drop=min_drop, smoothing=smoother.describe())
 
 
+def _reference_curve_metrics(steps, surprisal, chance, smoothing, final_window, block_tokens) -> CurveMetrics:
+    """``compute_curve_metrics(..., definitions="reference")``, arguments already checked."""
+    smoothed_steps, _ = _drop_step_zero(steps)
+    skip = len(steps) - len(smoothed_steps)
+    x = _log_steps(smoothed_steps)
+    at_checkpoints = CurveSmoother(smoothed_steps, smoothing, grid=x)
+    aoa_grid = np.linspace(x[0], x[-1], REFERENCE_AOA_GRID_POINTS)
+    on_aoa_grid = CurveSmoother(smoothed_steps, smoothing, grid=aoa_grid)
+    n = surprisal.shape[1]
+    out = {k: np.empty(n) for k in ("final", "var", "aoa", "forget", "min")}
+    acquired, censored = np.empty(n, bool), np.empty(n, bool)
+    for s in range(0, n, block_tokens):
+        e = min(n, s + block_tokens)
+        raw = surprisal[:, s:e].astype(np.float64)
+        last = raw[-final_window:]
+        out["final"][s:e] = last.mean(0)
+        out["var"][s:e] = last.std(0)
+        aoa, minimum, ok, cens = _reference_first_crossing(aoa_grid, on_aoa_grid.smooth(raw[skip:]), chance)
+        out["aoa"][s:e], out["min"][s:e], acquired[s:e], censored[s:e] = aoa, minimum, ok, cens
+        out["forget"][s:e] = np.maximum(np.diff(at_checkpoints.smooth(raw[skip:]), axis=0), 0.0).sum(0)
+    return CurveMetrics(final_surprisal=out["final"], within_run_variability=out["var"], aoa=out["aoa"],
+                        acquired=acquired, aoa_censored=censored, forgettability=out["forget"],
+                        minimum=out["min"], steps=np.asarray(steps), chance_bits=float(chance),
+                        final_window=final_window, min_drop=0.0,
+                        smoothing={**on_aoa_grid.describe(), "aoa_grid_points": REFERENCE_AOA_GRID_POINTS},
+                        definitions="reference")
+
+
 def cross_run_variability(runs: Sequence[tuple], smoothing: SmoothingConfig = SmoothingConfig(),
-                          block_tokens: int = DEFAULT_BLOCK_TOKENS) -> np.ndarray:
+                          block_tokens: int = DEFAULT_BLOCK_TOKENS, definitions: str = "project") -> np.ndarray:
     """Per-token mean pairwise squared difference (bits^2) between the smoothed curves of runs that
-    differ only in their seed. ``runs``: ``(steps, surprisal [C_r, N])`` per run (same tokens; the
-    steps may differ). Curves are compared on a uniform grid over the common log-step range."""
+    differ only in their seed. ``runs``: ``(steps, surprisal [C_r, N])`` per run (same tokens).
+    Project: the steps may differ; curves are compared on a uniform log-step grid over the common
+    range. Reference: the runs need the same steps; curves are compared at the checkpoints."""
+    _check_definitions(definitions)
     if len(runs) < 2:
         raise ValueError(f"cross-run variability needs at least 2 runs, got {len(runs)}")
     n = np.asarray(runs[0][1]).shape[1]
     if any(np.asarray(y).shape[1] != n for _, y in runs):
         raise ValueError("the runs were evaluated on different tokens")
-    ranges = [_log_steps(steps) for steps, _ in runs]
-    lo, hi = max(r[0] for r in ranges), min(r[-1] for r in ranges)
-    if hi <= lo:
-        raise ValueError("the runs' checkpoint steps do not overlap")
-    grid = np.linspace(lo, hi, smoothing.grid_points)
+    if definitions == "reference":
+        if any(not np.array_equal(np.asarray(steps), np.asarray(runs[0][0])) for steps, _ in runs):
+            raise ValueError("the reference compares curves checkpoint by checkpoint: the runs need the same "
+                             "checkpoint steps (or use definitions 'project')")
+        runs = [_drop_step_zero(steps, np.asarray(y)) for steps, y in runs]
+        grid = _log_steps(runs[0][0])
+    else:
+        ranges = [_log_steps(steps) for steps, _ in runs]
+        lo, hi = max(r[0] for r in ranges), min(r[-1] for r in ranges)
+        if hi <= lo:
+            raise ValueError("the runs' checkpoint steps do not overlap")
+        grid = np.linspace(lo, hi, smoothing.grid_points)
     smoothers = [CurveSmoother(steps, smoothing, grid=grid) for steps, _ in runs]
     r = len(runs)
     out = np.empty(n)
@@ -305,7 +408,8 @@ class BucketAggregate:
     final_surprisal: np.ndarray
     within_run_variability: np.ndarray
     aoa: np.ndarray
-    """Mean AoA over the bucket's acquired tokens."""
+    """Mean AoA over the bucket's tokens that have one: the acquired ones (project definitions),
+    all of them (reference: a token not acquired has AoA = log10 of the last step)."""
     acquired: np.ndarray
     """``[B]`` tokens with a defined AoA."""
     censored: np.ndarray
@@ -327,7 +431,7 @@ def aggregate_by_bucket(run: str, metrics: CurveMetrics, bucket: np.ndarray, num
         run=run, tokens=tokens,
         final_surprisal=mean(metrics.final_surprisal),
         within_run_variability=mean(metrics.within_run_variability),
-        aoa=mean(metrics.aoa, metrics.acquired),
+        aoa=mean(metrics.aoa, np.isfinite(metrics.aoa)),
         acquired=np.bincount(bucket[metrics.acquired], minlength=num_buckets)[:num_buckets],
         censored=np.bincount(bucket[metrics.aoa_censored], minlength=num_buckets)[:num_buckets],
         forgettability=mean(metrics.forgettability),

@@ -34,7 +34,7 @@ from megatron_mile.analysis.frequency import (
     build_buckets,
 )
 from megatron_mile.analysis.learning_curves import (
-    DEFAULT_MIN_DROP,
+    DEFINITIONS,
     SmoothingConfig,
     aggregate_by_bucket,
     chance_bits,
@@ -217,6 +217,7 @@ class CurveReport:
     final_window: int
     seed_groups: Dict[str, List[str]]
     min_drop: float = 1.0
+    definitions: str = "project"
 
     def rows(self) -> List[dict]:
         out = []
@@ -231,7 +232,7 @@ class CurveReport:
                     "run": run, "bucket": label, "tokens": n,
                     "final_surprisal_bits": v(agg.final_surprisal),
                     "within_run_sd_bits": v(agg.within_run_variability),
-                    "aoa_log10_step": v(agg.aoa, agg.acquired[b] > 0),
+                    "aoa_log10_step": v(agg.aoa),
                     "acquired_tokens": int(agg.acquired[b]), "aoa_censored_tokens": int(agg.censored[b]),
                     "forgettability_bits": v(agg.forgettability),
                     "cross_run_variability_bits2": v(agg.cross_run_variability),
@@ -248,12 +249,25 @@ class CurveReport:
                          f"{r['acquired_tokens']} / {r['aoa_censored_tokens']}", _cell(r["forgettability_bits"]),
                          _cell(r["cross_run_variability_bits2"], 4)])
         sm = self.smoothing
-        intro = (f"Chance = log2 V = {self.chance:.3f} bits. Final surprisal and within-run sd over the last "
-                 f"{self.final_window} checkpoints (raw). AoA, forgettability and cross-run variability from "
-                 f"curves smoothed in log10(step): {sm.get('method')} smoothing"
-                 + (f" with {sm.get('df')} effective degrees of freedom" if sm.get("method") == "spline" else "")
-                 + f". AoA is averaged over acquired tokens (smoothed minimum at least {self.min_drop:g} bit(s) "
-                 "below chance); censored = already past the midpoint at the first checkpoint."
+        smoothing = (f"{sm.get('method')} smoothing"
+                     + (f" with {sm.get('df')} effective degrees of freedom" if sm.get("method") == "spline" else ""))
+        if self.definitions == "reference":
+            definitions = (
+                "Definitions of Chang et al.'s code (lm-learning-curves fc89e49, utils/annotator.py), with our "
+                f"smoother ({smoothing} in log10(step)) for their GAM. Chance = {self.chance:.3f} bits. Final "
+                f"surprisal and within-run sd over the last {self.final_window} checkpoints (raw). AoA: first "
+                "of 1000 evenly spaced log10 steps where the smoothed curve is at or below (chance + minimum) / 2; "
+                "log10 of the last step for tokens whose minimum is not below chance (not acquired, kept in "
+                "the mean). Forgettability and cross-run variability from the smoothed curves at the "
+                "checkpoints; censored = past the midpoint at the first checkpoint.")
+        else:
+            definitions = (
+                f"Chance = log2 V = {self.chance:.3f} bits. Final surprisal and within-run sd over the last "
+                f"{self.final_window} checkpoints (raw). AoA, forgettability and cross-run variability from "
+                f"curves smoothed in log10(step): {smoothing}. AoA is averaged over acquired tokens (smoothed "
+                f"minimum at least {self.min_drop:g} bit(s) below chance); censored = already past the midpoint "
+                "at the first checkpoint.")
+        intro = (definitions
                  + (" Seed groups: " + "; ".join(f"{g} = {', '.join(m)}" for g, m in self.seed_groups.items())
                     if self.seed_groups else " No seed groups: cross-run variability n/a.") + "\n")
         return intro + "\n" + format_markdown_table(header, rows)
@@ -261,12 +275,14 @@ class CurveReport:
 
 def build_curve_report(store: SurprisalStore, counts: TokenCounts, buckets: FrequencyBuckets,
                        runs: Optional[Sequence[str]] = None, seed_groups: Optional[Dict[str, List[str]]] = None,
-                       smoothing: SmoothingConfig = SmoothingConfig(), final_window: int = 3,
+                       smoothing: SmoothingConfig = SmoothingConfig(), final_window: Optional[int] = None,
                        chance: Optional[float] = None, per_token_out: Optional[str] = None,
-                       min_drop: float = DEFAULT_MIN_DROP) -> CurveReport:
-    """Curve statistics per run (and seed group), aggregated by ``buckets``. ``chance`` defaults to
-    ``log2`` of the models' output vocabulary (padded: what a uniform prediction is spread over).
-    ``per_token_out``: directory for the per-token arrays (``<run>_<metric>.npy``)."""
+                       min_drop: Optional[float] = None, definitions: str = "project") -> CurveReport:
+    """Curve statistics per run (and seed group), aggregated by ``buckets``, with the project's or
+    the reference code's ``definitions`` (:func:`compute_curve_metrics`). ``chance`` defaults to
+    ``log2`` of the models' output vocabulary (padded: what a uniform prediction is spread over) for
+    the project, of the tokenizer's vocabulary for the reference. ``per_token_out``: directory for
+    the per-token arrays (``<run>_<metric>.npy``)."""
     _counts_for_store(counts, store)
     seed_groups = dict(seed_groups or {})
     runs = _select_runs(store, runs)
@@ -277,6 +293,8 @@ def build_curve_report(store: SurprisalStore, counts: TokenCounts, buckets: Freq
     token_ids = np.asarray(store.tokens)
     token_bucket = buckets.of(token_ids)
     nb = buckets.num_buckets
+    if chance is None and definitions == "reference":
+        chance = chance_bits(store.vocab_size)
     if chance is None:
         padded = {store.manifest["runs"][r]["model"].get("padded_vocab_size", store.vocab_size) for r in runs}
         if len(padded) > 1:
@@ -292,21 +310,25 @@ def build_curve_report(store: SurprisalStore, counts: TokenCounts, buckets: Freq
 
     cross: Dict[str, np.ndarray] = {}
     for group, members in seed_groups.items():
-        cross[group] = cross_run_variability([(load(m).steps, load(m).surprisal) for m in members], smoothing)
+        cross[group] = cross_run_variability([(load(m).steps, load(m).surprisal) for m in members], smoothing,
+                                             definitions=definitions)
     group_of = {m: g for g, members in seed_groups.items() for m in members}
 
     aggregates, curves, points = {}, {}, {}
-    smoothing_desc = {}
+    smoothing_desc, windows, drops = {}, set(), set()
     log_counts = np.log10(np.where(counts.counts > 0, counts.counts, np.nan).astype(np.float64))
     for run in runs:
         data = load(run)
-        metrics = compute_curve_metrics(data.steps, data.surprisal, chance, smoothing, final_window, min_drop)
+        metrics = compute_curve_metrics(data.steps, data.surprisal, chance, smoothing, final_window, min_drop,
+                                        definitions=definitions)
         smoothing_desc = metrics.smoothing
+        windows.add(metrics.final_window)
+        drops.add(metrics.min_drop)
         crv = cross.get(group_of.get(run))
         aggregates[run] = aggregate_by_bucket(run, metrics, token_bucket, nb, crv)
         curves[run] = mean_curves_by_bucket(data.surprisal, token_bucket, nb)
         curves[run] = (data.steps, curves[run][0], curves[run][1])
-        aoa_mean, occ = per_type_mean(metrics.aoa, token_ids, store.vocab_size, metrics.acquired)
+        aoa_mean, occ = per_type_mean(metrics.aoa, token_ids, store.vocab_size, np.isfinite(metrics.aoa))
         types = np.flatnonzero((occ > 0) & np.isfinite(log_counts))  # unseen-in-training types have no log count
         points[run] = (log_counts[types], aoa_mean[types], occ[types])
         if per_token_out:
@@ -317,9 +339,10 @@ def build_curve_report(store: SurprisalStore, counts: TokenCounts, buckets: Freq
     if per_token_out:
         for group, values in cross.items():
             save_npy(os.path.join(per_token_out, f"{group}_cross_run_variability.npy"), values.astype(np.float32))
+    # The reference window is min(11, checkpoints): runs with fewer checkpoints may differ.
     return CurveReport(buckets=buckets, aggregates=aggregates, curves=curves, aoa_points=points, chance=chance,
-                       smoothing=smoothing_desc, final_window=final_window, seed_groups=seed_groups,
-                       min_drop=min_drop)
+                       smoothing=smoothing_desc, final_window=min(windows), seed_groups=seed_groups,
+                       min_drop=drops.pop(), definitions=definitions)
 
 
 # --------------------------------------------------------------------------- command lines
@@ -380,28 +403,41 @@ def learning_curves_main(argv: Optional[Sequence[str]] = None) -> int:
     _common_arguments(p)
     p.add_argument("--seed-group", type=_seed_group, action="append", default=[], metavar="NAME=RUN1,RUN2",
                    help="Runs that differ only in their seed, for cross-run variability (repeatable).")
+    p.add_argument("--definitions", choices=DEFINITIONS, default="project",
+                   help="project: the definitions of docs/analysis.md; reference: every statistic as Chang et al.'s "
+                        "code computes it (final window 11, AoA on 1000 log-step points, log10 of the last step for "
+                        "tokens never below chance, cross-run variability over the checkpoints, chance = log2 of "
+                        "the tokenizer's vocabulary), our smoother in place of their GAM.")
     p.add_argument("--smoothing", choices=["spline", "none"], default="spline")
     p.add_argument("--smoothing-df", type=float, default=None,
                    help="Effective degrees of freedom of the spline (default clip(C/3, 4, 12)).")
-    p.add_argument("--final-window", type=int, default=3, help="Checkpoints averaged for the final surprisal.")
-    p.add_argument("--min-drop", type=float, default=DEFAULT_MIN_DROP,
-                   help="Bits below chance the smoothed curve must reach for a token to count as acquired "
-                        "(0: Chang et al.'s definition).")
+    p.add_argument("--final-window", type=int, default=None,
+                   help="Checkpoints averaged for the final surprisal (default 3; 11 with --definitions reference, "
+                        "which allows no other value).")
+    p.add_argument("--min-drop", type=float, default=None,
+                   help="Project definitions only: bits below chance the smoothed curve must reach for a token to "
+                        "count as acquired (default 1; tokens not acquired have no AoA).")
     p.add_argument("--chance-vocab", type=int, default=None,
-                   help="Vocabulary size for chance log2 V (default: the models' padded output size).")
+                   help="Vocabulary size for chance log2 V (default: the models' padded output size; the "
+                        "tokenizer's vocabulary with --definitions reference).")
     p.add_argument("--per-token-dir", default=None, help="Also save the per-token statistics here (.npy).")
     args = p.parse_args(argv)
+    if args.definitions == "reference" and args.min_drop is not None:
+        p.error("--min-drop is a project definition; the reference code has none")
+    if args.definitions == "reference" and args.final_window not in (None, 11):
+        p.error("--definitions reference averages the last 11 checkpoints; drop --final-window")
     store, counts, buckets = _load_inputs(args)
     report = build_curve_report(
         store, counts, buckets, args.runs, dict(args.seed_group),
         SmoothingConfig(method=args.smoothing, df=args.smoothing_df), args.final_window,
-        chance_bits(args.chance_vocab) if args.chance_vocab else None, args.per_token_dir, args.min_drop)
+        chance_bits(args.chance_vocab) if args.chance_vocab else None, args.per_token_dir, args.min_drop,
+        args.definitions)
     from megatron_mile.analysis.plots import plot_aoa_scatter, plot_curves_by_bucket
 
     written = _write_tables(args.output_prefix, report.markdown(), report.rows(),
                             {"buckets": buckets.describe(), "chance_bits": report.chance,
                              "smoothing": report.smoothing, "final_window": report.final_window,
-                             "min_drop_bits": report.min_drop,
+                             "min_drop_bits": report.min_drop, "definitions": report.definitions,
                              "seed_groups": report.seed_groups})
     title = args.title or "mean surprisal by training-frequency bucket"
     written.append(plot_curves_by_bucket(args.output_prefix + "_curves.png", report.curves, buckets.labels,
