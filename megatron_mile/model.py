@@ -9,10 +9,12 @@ what megatron's returns, the per-token loss ``[b, s]`` that carries the gradient
 forward pass of the same micro-batch, on the last pipeline stage).
 
 Layer specs (:func:`gpt_layer_spec`): transformer-engine's spec when it is requested (default on
-GPU when TE is importable), megatron's local spec otherwise; on CPU the local spec's core
-attention is swapped for :class:`SDPACoreAttention` through the spec's ``core_attention``
-submodule (megatron's ``DotProductAttention`` builds its causal mask on "cuda" and uses the CUDA
-global memory buffer).
+GPU when TE is importable), megatron's local spec otherwise. In the local spec, core attention is
+:class:`SDPACoreAttention` (torch's ``scaled_dot_product_attention``: flash / cuDNN /
+memory-efficient kernels on GPU, no ``[b, heads, s, s]`` scores in memory) for
+``--attention-backend auto|flash|fused``, swapped in through the spec's ``core_attention``
+submodule, and megatron's ``DotProductAttention`` (which materialises the scores and the mask)
+for ``unfused|local``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from megatron.core.transformer import ModuleSpec, TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_mile.losses import LossConfig, emo_mle_loss, vocab_parallel_emo, vocab_parallel_weighted_cross_entropy
+from megatron_mile.losses import LossConfig, get_loss, loss_config_from_args
 
 __all__ = [
     "MileGPTModel",
@@ -53,17 +55,20 @@ class SDPACoreAttention(MegatronModule):
     same constructor arguments, same tensors in and out (queries ``[sq, b, np, hn]``, keys/values
     ``[sk, b, ng, hn]`` with ``np`` heads and ``ng`` query groups on this TP rank; output
     ``[sq, b, np * hn]``). Attention dropout runs in the tensor-parallel RNG stream, as megatron's.
+    The constructor's parameters are ``DotProductAttention``'s, in its order, in megatron-core
+    0.16.1 through 0.19.x (tests/test_platform.py compares them with the installed release).
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", cp_comm_type: Optional[str] = None,
-                 softmax_scale: Optional[float] = None, pg_collection=None):
+                 attention_type: str = "self", attention_dropout: Optional[float] = None,
+                 softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None,
+                 pg_collection=None):
         super().__init__(config=config)
         if config.context_parallel_size > 1:
             raise ValueError("SDPACoreAttention does not support context parallelism")
         self.attn_mask_type = attn_mask_type
         self.softmax_scale = softmax_scale
-        self.dropout_p = config.attention_dropout
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
@@ -91,16 +96,21 @@ class SDPACoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(sq, b, n_heads * head_dim)
 
 
-def gpt_layer_spec(transformer_impl: str, normalization: str, portable_attention: bool) -> ModuleSpec:
+SDPA_ATTENTION_BACKENDS = ("auto", "flash", "fused")
+"""``--attention-backend`` values that run :class:`SDPACoreAttention` in the local spec."""
+
+
+def gpt_layer_spec(transformer_impl: str, normalization: str, sdpa_attention: bool) -> ModuleSpec:
     """The transformer-layer spec.
 
-    ``transformer_impl``: 'transformer_engine' (TE's fused layers, GPU) or 'local' (megatron-core
-    modules); ``portable_attention`` swaps the local spec's core attention for SDPA (used on CPU)."""
+    ``transformer_impl``: 'transformer_engine' (TE's fused layers, GPU; TE picks its attention
+    kernel from ``config.attention_backend``) or 'local' (megatron-core modules);
+    ``sdpa_attention`` swaps the local spec's core attention for :class:`SDPACoreAttention`."""
     if transformer_impl == "transformer_engine":
         # TE's fused LayerNormLinear reads the normalisation type from the config.
         return get_gpt_layer_with_transformer_engine_spec()
     spec = get_gpt_layer_local_spec(normalization=normalization)
-    if portable_attention:
+    if sdpa_attention:
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec
 
@@ -118,42 +128,48 @@ class TokenStatistics:
 
 
 class MileGPTModel(GPTModel):
-    """megatron-core's GPT with a token-weighted language-model loss (cross entropy, MiLe, focal).
+    """megatron-core's GPT with a language-model loss from the loss registry (cross entropy, MiLe,
+    focal, DFT, ESLM, EMO; :mod:`megatron_mile.losses.registry`).
 
     Takes ``GPTModel``'s arguments plus ``loss_config``. With ``LossConfig(loss='cross_entropy')``
-    the loss and its gradient are megatron's vocabulary-parallel cross entropy."""
+    the loss and its gradient are megatron's vocabulary-parallel cross entropy. ``forward`` takes
+    megatron's ``loss_mask`` keyword ``[b, s]`` and hands it to the loss (ESLM's quantile and EMO's
+    ratio count only the masked-in tokens; without it every position counts)."""
 
     def __init__(self, *args, loss_config: LossConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.token_statistics: Optional[TokenStatistics] = None
+        self._loss_mask: Optional[torch.Tensor] = None
+
+    def forward(self, *args, loss_mask: Optional[torch.Tensor] = None, **kwargs):
+        self._loss_mask = loss_mask
+        try:
+            return super().forward(*args, loss_mask=loss_mask, **kwargs)
+        finally:
+            self._loss_mask = None
+
+    def output_weight(self) -> torch.Tensor:
+        """This rank's ``[V/tp, h]`` rows of the output layer (the word embeddings when tied)."""
+        if self.share_embeddings_and_output_weights:
+            return self.shared_embedding_or_output_weight()
+        return self.output_layer.weight
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Per-token weighted loss ``w * ce`` as ``[b, s]`` from labels ``[b, s]`` and logits
-        ``[s, b, V/tp]``; the detached terms go to ``self.token_statistics``."""
+        """Per-token loss as ``[b, s]`` (``w * ce`` for the weighted cross entropies) from labels
+        ``[b, s]`` and logits ``[s, b, V/tp]``; the detached terms go to ``self.token_statistics``."""
         labels = labels.transpose(0, 1).contiguous()  # [b, s] -> [s, b], the logits' layout
-        if self.loss_config.loss == "emo":
-            return self._emo_loss(labels, logits)
-        terms = vocab_parallel_weighted_cross_entropy(logits, labels, self.loss_config, tp_group=self.pg_collection.tp)
+        loss_mask = None if self._loss_mask is None else self._loss_mask.transpose(0, 1).contiguous()
+        loss = get_loss(self.loss_config.loss)
+        terms = loss.language_model_loss(self.loss_config, logits, labels, tp_group=self.pg_collection.tp,
+                                         loss_mask=loss_mask, dp_group=self.pg_collection.dp_cp,
+                                         output_weight=self.output_weight())
         self.token_statistics = TokenStatistics(
             weight=terms.weight.detach().transpose(0, 1),
             cross_entropy=terms.ce.detach().transpose(0, 1),
             entropy=terms.entropy.detach().transpose(0, 1),
         )
         return terms.weighted_ce.transpose(0, 1).contiguous()
-
-    def _emo_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """EMO with maximum likelihood, per token (weight 1); the transport cost comes from this
-        rank's rows of the output layer (the word embeddings when they are tied)."""
-        if self.share_embeddings_and_output_weights:
-            output_weight = self.shared_embedding_or_output_weight()
-        else:
-            output_weight = self.output_layer.weight
-        terms = vocab_parallel_emo(logits, labels, output_weight, tp_group=self.pg_collection.tp)
-        ce = terms.ce.detach().transpose(0, 1)
-        self.token_statistics = TokenStatistics(weight=torch.ones_like(ce), cross_entropy=ce,
-                                                entropy=terms.entropy.transpose(0, 1))
-        return emo_mle_loss(terms.ce, terms.emo).transpose(0, 1).contiguous()
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
@@ -223,9 +239,8 @@ def gpt_model_from_args(args, config: TransformerConfig, pre_process: bool = Tru
                         vp_stage: Optional[int] = None) -> MileGPTModel:
     """The model provider: one :class:`MileGPTModel` (chunk) for the training flags ``args``
     (``megatron_mile.training.arguments``); ``args.padded_vocab_size`` must be set."""
-    from megatron_mile.platform import on_cpu
-
-    spec = gpt_layer_spec(args.transformer_impl, args.normalization, portable_attention=on_cpu())
+    spec = gpt_layer_spec(args.transformer_impl, args.normalization,
+                          sdpa_attention=args.attention_backend in SDPA_ATTENTION_BACKENDS)
     return MileGPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -238,6 +253,5 @@ def gpt_model_from_args(args, config: TransformerConfig, pre_process: bool = Tru
         rotary_percent=args.rotary_percent,
         rotary_base=args.rotary_base,
         vp_stage=vp_stage,
-        loss_config=LossConfig(loss=args.loss, mile_gamma=args.mile_gamma, mile_sigma=args.mile_sigma,
-                               focal_gamma=args.focal_gamma, normalization=args.mile_normalization),
+        loss_config=loss_config_from_args(args),
     )

@@ -1,34 +1,33 @@
-"""Configuration of the token-weighted language-model losses."""
+"""Configuration of the language-model loss: which registered loss, its parameters, how it is normalised."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Dict
 
-LOSS_TYPES = ("cross_entropy", "mile", "focal", "emo")
-NORMALIZATIONS = ("global", "microbatch")
+from megatron_mile.losses.registry import LOSS_NAMES, NORMALIZATIONS, get_loss
+
+LOSS_TYPES = LOSS_NAMES
 KERNELS = ("auto", "torch", "triton")
 
 
 @dataclass
 class LossConfig:
-    """Which per-token weighting the language-model loss uses, and how it is normalised."""
+    """Which loss the language model trains with, and how the per-token losses are combined."""
 
     loss: str = "mile"
-    """'cross_entropy' (weight 1), 'mile' (weight (sigma + H)^gamma, H the predicted entropy),
-    'focal' (weight (1 - p_target)^gamma) or 'emo' (earth mover distance to the target with
-    maximum likelihood, weight 1; needs the output weights: ``losses/emo.py``)."""
+    """A registered loss (:data:`megatron_mile.losses.registry.LOSS_NAMES`): 'cross_entropy', 'mile'
+    (weight (sigma + H)^gamma), 'focal' ((1 - p_target)^gamma), 'dft' (p_target), 'eslm' (1 for the
+    tokens at or above the batch's value-at-risk quantile, 0 otherwise) or 'emo' (earth mover
+    distance with maximum likelihood; not a weighted cross entropy)."""
 
-    mile_gamma: float = 1.0
-    """MiLe exponent gamma. 0 gives plain cross entropy; the paper's default is 1."""
-
-    mile_sigma: float = 1.0
-    """MiLe offset sigma (> 0 keeps the weight positive when the entropy is 0)."""
-
-    focal_gamma: float = 1.0
-    """Focal-loss exponent gamma."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """This loss's parameters by name (``{'mile_gamma': 1.0, ...}``, see its ``LossParam`` list);
+    missing ones take their defaults, unknown or out-of-range ones raise ``ValueError``. After
+    construction it holds every parameter."""
 
     normalization: str = "global"
     """'global': loss = sum(mask * w * ce) / sum(mask * w) over the whole global batch (all
-    micro-batches and data-parallel ranks). 'microbatch': the authors' code, alpha = 1 / mean(w) per
-    micro-batch over all positions, averaged over data-parallel ranks, then the per-token mean of
+    micro-batches and data-parallel ranks). 'microbatch': the MiLe authors' code, alpha = 1 / mean(w)
+    per micro-batch over all positions, averaged over data-parallel ranks, then the per-token mean of
     alpha * w * ce."""
 
     check_inputs: bool = True
@@ -40,13 +39,8 @@ class LossConfig:
     when triton is importable, torch otherwise). Both give the same values."""
 
     def __post_init__(self):
-        if self.loss not in LOSS_TYPES:
-            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.mile_sigma < 0:
-            raise ValueError(f"mile_sigma must be >= 0, got {self.mile_sigma}")
-        if self.loss == "mile" and self.mile_sigma == 0 and self.mile_gamma < 0:
-            raise ValueError("mile_gamma < 0 with mile_sigma = 0 gives an infinite weight at zero entropy")
+        self.params = get_loss(self.loss).resolve(self.params)

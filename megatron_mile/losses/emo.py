@@ -29,8 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_mile.losses.registry import Loss
 from megatron_mile.losses.vocab_parallel import (
     VocabParallelWeightedCrossEntropy,
+    WeightedCrossEntropy,
     _group_rank_size,
     _tp_group,
     default_chunk_tokens,
@@ -165,3 +167,18 @@ def emo_mle_loss(ce: torch.Tensor, emo: torch.Tensor) -> torch.Tensor:
     means), which puts the EMO term on the cross-entropy scale."""
     ratio = (ce.detach().sum() / emo.detach().sum().clamp_min(torch.finfo(torch.float32).tiny))
     return 0.5 * (ce + ratio * emo)
+
+
+class EMO(Loss):
+    name = "emo"
+    summary = "EMO, earth mover distance to the target combined with maximum likelihood"
+    paper = "arXiv 2310.04691"
+    weighted_cross_entropy = False
+
+    def language_model_loss(self, config, logits, labels, *, tp_group, loss_mask, dp_group, output_weight):
+        terms = vocab_parallel_emo(logits, labels, output_weight, tp_group=tp_group)
+        ce = terms.ce.detach()
+        return WeightedCrossEntropy(emo_mle_loss(terms.ce, terms.emo), torch.ones_like(ce), ce, terms.entropy)
+
+
+LOSS = EMO()

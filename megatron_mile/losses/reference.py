@@ -10,12 +10,13 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from megatron_mile.losses.vocab_parallel import _tp_group
+from megatron_mile.losses.registry import TokenStats, token_weight
+from megatron_mile.losses.vocab_parallel import _group_rank_size, _tp_group
 
 
 def _gather_vocab(vocab_parallel_logits: torch.Tensor, tp_group) -> torch.Tensor:
     """All-gather the vocabulary shards (differentiable: each rank keeps its slice's gradient)."""
-    world = dist.get_world_size(tp_group) if dist.is_initialized() else 1
+    _, world = _group_rank_size(tp_group)
     if world == 1:
         return vocab_parallel_logits
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
@@ -32,6 +33,15 @@ def reference_terms(vocab_parallel_logits, target, tp_group=None, dtype=torch.fl
     entropy = -(p * logp.detach()).sum(-1)
     p_target = (-ce.detach()).exp()
     return ce, entropy, p_target
+
+
+def reference_weighted_cross_entropy(vocab_parallel_logits, target, config, tp_group=None, dtype=torch.float64,
+                                     loss_mask=None, dp_group=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(weight * ce, weight)`` for any registered weighted cross entropy ``config.loss``: its
+    weight (``registry.token_weight``) from the float64 full-vocabulary statistics."""
+    ce, entropy, p_target = reference_terms(vocab_parallel_logits, target, tp_group, dtype)
+    weight = token_weight(config, TokenStats(ce.detach(), entropy, p_target), loss_mask, dp_group).to(dtype)
+    return weight * ce, weight
 
 
 def reference_cross_entropy_with_entropy(vocab_parallel_logits, target, tp_group=None, dtype=torch.float64):

@@ -14,19 +14,16 @@ once. Here one program handles one token row of this rank's vocabulary slice:
 The collectives, the per-token terms and the weights stay in the torch code, shared with the
 torch path. ``TRITON_INTERPRET=1`` runs these kernels on CPU tensors (slowly), which is how the
 CPU test suite checks them against the float64 reference.
+
+Triton is imported on first use (:func:`have_triton`), not with this module, so that importing the
+losses (``--help``, CPU runs) does not pay for it.
 """
 
+import functools
+import importlib
 import os
 
 import torch
-
-try:
-    import triton
-    import triton.language as tl
-
-    HAVE_TRITON = True
-except Exception:  # noqa: BLE001 - missing or broken triton: the torch path serves (CPUs, no triton)
-    HAVE_TRITON = False
 
 # Vocabulary elements per block of a row's loop, and warps per program (one program per row).
 MAX_BLOCK = 4096
@@ -37,59 +34,27 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def have_triton() -> bool:
+    """Whether triton imports (a missing or broken install leaves the torch path)."""
+    return _kernels() is not None
+
+
 def usable_for(tensor: torch.Tensor) -> bool:
     """Whether these kernels can run on ``tensor``: CUDA with triton, or triton's interpreter."""
-    return HAVE_TRITON and (tensor.is_cuda or interpreting())
+    return (tensor.is_cuda or interpreting()) and have_triton()
 
 
 def _block(width: int) -> int:
-    return min(MAX_BLOCK, triton.next_power_of_2(width))
+    return min(MAX_BLOCK, 1 << max(0, width - 1).bit_length())
 
 
-if HAVE_TRITON:
-
-    @triton.jit
-    def _row_statistics_kernel(logits_ptr, row_stride, width, max_ptr, sum_exp_ptr, sum_shifted_ptr,
-                               BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = logits_ptr + row * row_stride
-        cols = tl.arange(0, BLOCK)
-        # Running max, sum of exp and sum of (z - m) exp, each relative to the running max.
-        m = -float("inf")
-        s = 0.0
-        a = 0.0
-        for start in range(0, width, BLOCK):
-            valid = start + cols < width
-            z = tl.load(base + start + cols, mask=valid, other=-float("inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(z, axis=0))
-            # Rebase the sums to m_new: s' = c s, a' = c (a + (m - m_new) s), c = exp(m - m_new).
-            # On the first block m = -inf and s = a = 0: keep the products finite.
-            shift = tl.where(s > 0, m - m_new, 0.0)
-            c = tl.exp(shift)
-            t = tl.where(valid, z - m_new, 0.0)
-            e = tl.where(valid, tl.exp(t), 0.0)
-            a = c * (a + shift * s) + tl.sum(t * e, axis=0)
-            s = c * s + tl.sum(e, axis=0)
-            m = m_new
-        tl.store(max_ptr + row, m)
-        tl.store(sum_exp_ptr + row, s)
-        tl.store(sum_shifted_ptr + row, a)
-
-    @triton.jit
-    def _softmax_minus_onehot_kernel(logits_ptr, row_stride, width, log_normalizer_ptr, coefficient_ptr,
-                                     target_col_ptr, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = logits_ptr + row * row_stride
-        cols = tl.arange(0, BLOCK)
-        log_z = tl.load(log_normalizer_ptr + row)
-        coefficient = tl.load(coefficient_ptr + row)
-        target_col = tl.load(target_col_ptr + row)  # -1 when another rank owns the target
-        for start in range(0, width, BLOCK):
-            valid = start + cols < width
-            z = tl.load(base + start + cols, mask=valid, other=0.0).to(tl.float32)
-            grad = coefficient * tl.exp(z - log_z)
-            grad = tl.where(start + cols == target_col, grad - coefficient, grad)
-            tl.store(base + start + cols, grad.to(logits_ptr.dtype.element_ty), mask=valid)
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """The kernel module (:mod:`megatron_mile.losses.triton_jit`), or None without a working triton."""
+    try:
+        return importlib.import_module("megatron_mile.losses.triton_jit")
+    except Exception:  # noqa: BLE001 - missing or broken triton: the torch path serves (CPUs, no triton)
+        return None
 
 
 def row_statistics(logits_2d: torch.Tensor):
@@ -97,8 +62,8 @@ def row_statistics(logits_2d: torch.Tensor):
     n_rows, width = logits_2d.shape
     out = [torch.empty(n_rows, dtype=torch.float32, device=logits_2d.device) for _ in range(3)]
     if n_rows:
-        _row_statistics_kernel[(n_rows,)](logits_2d, logits_2d.stride(0), width, *out,
-                                          BLOCK=_block(width), num_warps=NUM_WARPS)
+        _kernels().row_statistics_kernel[(n_rows,)](logits_2d, logits_2d.stride(0), width, *out,
+                                                    BLOCK=_block(width), num_warps=NUM_WARPS)
     return tuple(out)
 
 
@@ -109,7 +74,7 @@ def softmax_minus_onehot_(logits_2d: torch.Tensor, log_normalizer: torch.Tensor,
     outside this slice."""
     n_rows, width = logits_2d.shape
     if n_rows:
-        _softmax_minus_onehot_kernel[(n_rows,)](logits_2d, logits_2d.stride(0), width, log_normalizer,
-                                                coefficient, target_col, BLOCK=_block(width),
-                                                num_warps=NUM_WARPS)
+        _kernels().softmax_minus_onehot_kernel[(n_rows,)](logits_2d, logits_2d.stride(0), width,
+                                                          log_normalizer, coefficient, target_col,
+                                                          BLOCK=_block(width), num_warps=NUM_WARPS)
     return logits_2d

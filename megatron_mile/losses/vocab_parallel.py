@@ -12,7 +12,8 @@ Per token, with ``z`` the logits, ``m`` this rank's max, ``M`` the global max:
   ``exp(z - m_r) / s_r`` overwrites the logits (in their dtype) and is reused by the backward;
 * collective 1 (MAX): ``M = max_r m_r``; rescale ``s_r, a_r`` to ``M``;
 * collective 2 (SUM of the stacked ``[S, A, z_y - M]``);
-* ``ce = log S - (z_y - M)``, ``H = log S - A / S``, ``p_y = exp(-ce)``, weight from ``H`` or ``p_y``;
+* ``ce = log S - (z_y - M)``, ``H = log S - A / S``, ``p_y = exp(-ce)``; the weight comes from the
+  registered loss (:func:`megatron_mile.losses.registry.token_weight`, from these statistics);
 * backward: ``d(w * ce)/dz = g * w * (softmax(z) - onehot(y))``, one in-place multiply per row.
 
 Memory: besides the logits buffer (which megatron's CE also consumes), a few ``[tokens]`` vectors
@@ -35,6 +36,7 @@ import torch.distributed as dist
 
 from megatron_mile.losses import triton_kernels
 from megatron_mile.losses.config import LossConfig
+from megatron_mile.losses.registry import TokenStats, token_weight
 
 # Elements per chunk of tokens. CPU: 512K floats = 2 MiB of scratch (16 tokens of a 32k vocabulary),
 # small enough to stay in cache between the chunk's passes, large enough to amortise the per-op
@@ -94,9 +96,11 @@ def _tp_group(tp_group=None):
 
 
 def _group_rank_size(group) -> Tuple[int, int]:
+    """This rank's index and the size of ``group``: any object with ``rank()`` and ``size()`` (a torch
+    ``ProcessGroup``, as megatron-core's cross entropy takes it), or None for one process."""
     if group is None:
         return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
+    return group.rank(), group.size()
 
 
 class WeightedCrossEntropy(NamedTuple):
@@ -204,15 +208,6 @@ class VocabParallelWeightedCrossEntropy:
         return ce, entropy, torch.exp(-ce)
 
     @staticmethod
-    def token_weight(config: LossConfig, entropy, p_target):
-        """MiLe ``(sigma + H)^gamma``, focal ``(1 - p_y)^gamma`` or 1 (no gradient)."""
-        if config.loss == "mile":
-            return (entropy + config.mile_sigma).pow_(config.mile_gamma)
-        if config.loss == "focal":
-            return (1.0 - p_target).clamp_min_(0.0).pow_(config.focal_gamma)
-        return torch.ones_like(entropy)
-
-    @staticmethod
     def write_gradient(exp_2d, row_scale, rows, cols, target_grad, chunk_tokens):
         """Turn the buffer holding this slice's softmax into the gradient ``row_scale * p``, with
         the target entries set to ``target_grad`` (computed exactly in float32)."""
@@ -239,7 +234,7 @@ def _use_triton(kernel: str, logits: torch.Tensor) -> bool:
     if kernel == "torch":
         return False
     if kernel == "auto":
-        return logits.is_cuda and triton_kernels.HAVE_TRITON
+        return logits.is_cuda and triton_kernels.have_triton()
     if not triton_kernels.usable_for(logits):
         raise RuntimeError("LossConfig.kernel='triton' needs triton and a CUDA tensor "
                            "(or TRITON_INTERPRET=1 for CPU tensors)")
@@ -248,7 +243,8 @@ def _use_triton(kernel: str, logits: torch.Tensor) -> bool:
 
 class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vocab_parallel_logits, target, config: LossConfig, tp_group, chunk_tokens):
+    def forward(ctx, vocab_parallel_logits, target, config: LossConfig, tp_group, chunk_tokens, loss_mask,
+                dp_group):
         steps = VocabParallelWeightedCrossEntropy
         use_triton = _use_triton(config.kernel, vocab_parallel_logits)
         rank, world = _group_rank_size(tp_group)
@@ -283,7 +279,8 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
             sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
-        weight = steps.token_weight(config, entropy, p_target)
+        mask_1d = None if loss_mask is None else loss_mask.reshape(-1)
+        weight = token_weight(config, TokenStats(ce, entropy, p_target), mask_1d, dp_group)
         ctx.use_triton, ctx.chunk_tokens = use_triton, chunk_tokens
         if use_triton:  # the backward recomputes softmax = exp(z - M - log S) from the logits
             target_col = steps.target_columns(target_1d, rows, cols, torch.int32)
@@ -306,13 +303,13 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
             buffer, weight, log_normalizer, target_col = ctx.saved_tensors
             triton_kernels.softmax_minus_onehot_(buffer.view(-1, buffer.size(-1)), log_normalizer,
                                                  weight * grad, target_col)
-            return buffer, None, None, None, None
+            return buffer, None, None, None, None, None, None
         buffer, row_scale, rows, cols, target_grad = ctx.saved_tensors
         VocabParallelWeightedCrossEntropy.write_gradient(
             buffer.view(-1, buffer.size(-1)), row_scale * grad, rows, cols, target_grad * grad[rows],
             ctx.chunk_tokens,
         )
-        return buffer, None, None, None, None
+        return buffer, None, None, None, None, None, None
 
 
 def vocab_parallel_weighted_cross_entropy(
@@ -321,27 +318,31 @@ def vocab_parallel_weighted_cross_entropy(
     config: LossConfig,
     tp_group: Optional[dist.ProcessGroup] = None,
     chunk_tokens: Optional[int] = None,
+    loss_mask: Optional[torch.Tensor] = None,
+    dp_group: Optional[dist.ProcessGroup] = None,
 ) -> WeightedCrossEntropy:
-    """Weighted cross entropy with the weight chosen by ``config.loss``, plus its ingredients.
+    """Weighted cross entropy with the weight of the registered loss ``config.loss``, plus its ingredients.
 
     Args:
         vocab_parallel_logits: ``[s, b, V/tp]`` logits of this rank's vocabulary slice (consumed).
         target: ``[s, b]`` global token ids.
-        config: which weighting (cross_entropy, mile, focal) and its parameters.
-        tp_group: tensor-parallel group; defaults to megatron's.
+        config: which loss (any registered weighted cross entropy) and its parameters.
+        tp_group: tensor-parallel group (anything with ``rank()`` and ``size()`` that the collectives
+            accept); defaults to megatron's.
         chunk_tokens: tokens per chunk of the sweep (a speed knob, not a semantic one); default
             from :data:`CHUNK_ELEMENTS`.
+        loss_mask: ``[s, b]``, 1 where the token counts; only weights that depend on the batch use it
+            (ESLM's quantile); None: every position counts.
+        dp_group: data-parallel group for such weights (ESLM: the quantile over all its ranks).
 
     Returns:
         :class:`WeightedCrossEntropy` ``(weighted_ce, weight, ce, entropy)``, float32 ``[s, b]``.
     """
-    if config.loss == "emo":
-        raise ValueError("loss 'emo' needs the output-layer weights: use megatron_mile.losses.vocab_parallel_emo")
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1), vocab_parallel_logits.device)
     return WeightedCrossEntropy(
         *_VocabParallelWeightedCrossEntropy.apply(
-            vocab_parallel_logits, target, config, _tp_group(tp_group), chunk_tokens
+            vocab_parallel_logits, target, config, _tp_group(tp_group), chunk_tokens, loss_mask, dp_group
         )
     )
 
@@ -358,7 +359,7 @@ def vocab_parallel_cross_entropy_with_entropy(vocab_parallel_logits, target, tp_
 def vocab_parallel_mile_cross_entropy(vocab_parallel_logits, target, gamma=1.0, sigma=1.0, tp_group=None):
     """MiLe: ``(weighted_ce, weight)`` with ``weight = (sigma + entropy)^gamma`` (no gradient)."""
     out = vocab_parallel_weighted_cross_entropy(
-        vocab_parallel_logits, target, LossConfig(loss="mile", mile_gamma=gamma, mile_sigma=sigma), tp_group
+        vocab_parallel_logits, target, LossConfig(loss="mile", params=dict(mile_gamma=gamma, mile_sigma=sigma)), tp_group
     )
     return out.weighted_ce, out.weight
 
@@ -366,6 +367,6 @@ def vocab_parallel_mile_cross_entropy(vocab_parallel_logits, target, gamma=1.0, 
 def vocab_parallel_focal_cross_entropy(vocab_parallel_logits, target, gamma=1.0, tp_group=None):
     """Focal: ``(weighted_ce, weight)`` with ``weight = (1 - p_target)^gamma`` (``p_target`` detached)."""
     out = vocab_parallel_weighted_cross_entropy(
-        vocab_parallel_logits, target, LossConfig(loss="focal", focal_gamma=gamma), tp_group
+        vocab_parallel_logits, target, LossConfig(loss="focal", params=dict(focal_gamma=gamma)), tp_group
     )
     return out.weighted_ce, out.weight
