@@ -16,7 +16,6 @@ lazily on the next call, and :class:`RankError` carries every failing rank's tra
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import traceback
 from multiprocessing.connection import wait
@@ -24,15 +23,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch.multiprocessing as mp
 
+from megatron_mile.training.distributed import free_port
+
 
 class RankError(RuntimeError):
     """A function run by :class:`DistributedPool` failed (or hung) on at least one rank."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, conn, sys_path: List[str], threads: int,
@@ -90,7 +85,7 @@ class DistributedPool:
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
-        port = _free_port()
+        port = free_port()
         for rank in range(self.world_size):
             parent, child = ctx.Pipe()
             proc = ctx.Process(

@@ -21,6 +21,7 @@ from megatron_mile.training.arguments import ConfigError, virtual_pipeline_size
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a single-process or test process group)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
