@@ -249,7 +249,7 @@ def test_reference_cross_run_variability_averages_over_uneven_checkpoints():
 def test_reference_report_chance_is_the_tokenizer_vocabulary(tmp_path):
     from megatron_mile.analysis.frequency import TokenCounts
     from megatron_mile.analysis.report import build_curve_report
-    from megatron_mile.analysis.surprisal import SurprisalStore
+    from megatron_mile.analysis.surprisal_store import SurprisalStore
 
     n, vocab, padded = 6, 10, 16
     store = SurprisalStore.create(str(tmp_path / "s"), np.arange(n), np.ones(n), np.zeros(n), [[0, 0]],

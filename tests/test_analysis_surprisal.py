@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from megatron_mile.analysis.surprisal import ModelMismatchError, SurprisalStore
+from megatron_mile.analysis.surprisal_store import ModelMismatchError, SurprisalStore
 
 WORLD_SIZE = 2
 SEQ = 16
@@ -30,7 +30,7 @@ def _train(save_dir, hidden):
 
 
 def _evaluate(runs, store, data, **kwargs):
-    from megatron_mile.evaluation.surprisal import EvalDataConfig, evaluate_checkpoints
+    from megatron_mile.evaluation.surprisal_evaluator import EvalDataConfig, evaluate_checkpoints
 
     config = EvalDataConfig(**data) if data is not None else None
     evaluate_checkpoints(runs, store, config, storage_dtype="float32", log=lambda *a: None, **kwargs)

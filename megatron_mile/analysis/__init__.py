@@ -2,8 +2,8 @@
 
 * :mod:`~megatron_mile.analysis.frequency`: streaming token counts over ``.bin/.idx`` datasets and
   blends, frequency buckets (log-spaced counts, quantiles of token mass);
-* :mod:`~megatron_mile.analysis.surprisal`: the on-disk store of per-token surprisal/entropy per
-  checkpoint (filled by :mod:`megatron_mile.evaluation.surprisal`);
+* :mod:`~megatron_mile.analysis.surprisal_store`: the on-disk store of per-token surprisal/entropy per
+  checkpoint (filled by :mod:`megatron_mile.evaluation.surprisal_evaluator`);
 * :mod:`~megatron_mile.analysis.learning_curves`: smoothing, age of acquisition, forgettability,
   within- and cross-run variability (Chang et al., arXiv 2308.15419), aggregation by bucket;
 * :mod:`~megatron_mile.analysis.report` / :mod:`~megatron_mile.analysis.plots`: tables and figures.
@@ -31,7 +31,7 @@ from megatron_mile.analysis.learning_curves import (
     compute_curve_metrics,
     cross_run_variability,
 )
-from megatron_mile.analysis.surprisal import ModelMismatchError, SurprisalStore, model_signature
+from megatron_mile.analysis.surprisal_store import ModelMismatchError, SurprisalStore, model_signature
 
 __all__ = [
     "CurveMetrics",

@@ -44,7 +44,7 @@ from megatron_mile.analysis.learning_curves import (
     mean_curves_by_bucket,
     per_type_mean,
 )
-from megatron_mile.analysis.surprisal import SurprisalStore
+from megatron_mile.analysis.surprisal_store import SurprisalStore
 
 __all__ = [
     "BucketReport",

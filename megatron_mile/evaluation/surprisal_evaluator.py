@@ -39,7 +39,7 @@ from megatron_mile.analysis.frequency import (
     open_indexed_dataset,
     parse_blend,
 )
-from megatron_mile.analysis.surprisal import ModelMismatchError, SurprisalStore, model_signature
+from megatron_mile.analysis.surprisal_store import ModelMismatchError, SurprisalStore, model_signature
 
 __all__ = [
     "EvalDataConfig",
