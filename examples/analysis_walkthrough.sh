@@ -49,6 +49,7 @@ source "${REPO}/examples/configs/run_cmd.sh"
 : "${CLOZE_ITEMS:=400}"
 
 DATA="${WORK}/data/corpus"
+DATA_MANIFEST="${WORK}/data/mile-manifests/corpus.json"  # what mile-preprocess writes for DATA
 SPM="${WORK}/spm${VOCAB}"
 STORE="${WORK}/surprisal"
 REPORT="${WORK}/report"
@@ -74,7 +75,7 @@ if [[ ! -f "${SPM}.model" ]]; then
 fi
 
 # 2. One indexed dataset per domain (as for the Pile's pile_set_name).
-if [[ ! -f "${DATA}_stats.json" ]]; then
+if [[ ! -f "${DATA_MANIFEST}" ]]; then
     run_cmd "${PYTHON}" -m megatron_mile.data.preprocess --input "${WORK}/corpus.jsonl" \
         --tokenizer-type SentencePieceTokenizer --tokenizer-model "${SPM}.model" --append-eod \
         --split-by meta.pile_set_name --output-prefix "${DATA}" --quiet
@@ -90,7 +91,7 @@ fi
 
 # 3. Training-frequency counts: the documents of the training split only.
 run_cmd "${PYTHON}" tools/token_frequency.py --data-path "${DATASETS[@]}" --split "${SPLIT}" --split-name train \
-    --preprocess-stats "${DATA}_stats.json" --output "${WORK}/frequency/train"
+    --preprocess-stats "${DATA_MANIFEST}" --output "${WORK}/frequency/train"
 
 # 4. Train each loss x seed with checkpoints on an exponential schedule.
 RUNS=()

@@ -38,6 +38,7 @@ def prepare_data(out: str, corpus_mb: float, vocab_size: int, min_documents: int
     from megatron_mile.data import preprocess, train_tokenizer
     from megatron_mile.data.blend import blend_weights, load_datasets
     from megatron_mile.data.corpus import write_text_corpus
+    from megatron_mile.data.manifest import manifest_path
 
     corpus = os.path.join(out, "corpus.jsonl")
     start = _step(f"1/4 corpus: {corpus}")
@@ -59,7 +60,7 @@ def prepare_data(out: str, corpus_mb: float, vocab_size: int, min_documents: int
     print(f"  ({time.perf_counter() - start:.1f}s)")
 
     data_prefix = os.path.join(out, "data", "demo")
-    stats_file = data_prefix + "_stats.json"
+    stats_file = manifest_path(data_prefix)
     start = _step(f"3/4 indexed datasets per domain: {data_prefix}_*")
     if os.path.exists(stats_file):
         print("reusing them")

@@ -172,6 +172,17 @@ def expected(records, tokenizers_):
     return out
 
 
+def manifest_of(prefix):
+    """Where the docs say the manifest of an output prefix DIR/NAME is."""
+    return os.path.join(os.path.dirname(prefix), "mile-manifests", os.path.basename(prefix) + ".json")
+
+
+def files_under(directory):
+    """Every file below ``directory``, relative to it (outputs, temporaries, staging)."""
+    return sorted(os.path.relpath(os.path.join(root, f), directory)
+                  for root, _, files in os.walk(directory) for f in files)
+
+
 def megatron_docs(prefix):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -201,7 +212,7 @@ def test_round_trip_per_domain(tmp_path, inputs, tokenizers_, expected, name, wo
                           "--json-keys", "text", "summary", "--split-by", "meta.pile_set_name",
                           "--append-eod", "--workers", str(workers), "--quiet", *BLOCK])
     assert rc == 0
-    with open(prefix + "_stats.json") as f:
+    with open(manifest_of(prefix)) as f:
         stats = json.load(f)
     seen = set()
     for key, per_domain in expected[name].items():
@@ -209,13 +220,15 @@ def test_round_trip_per_domain(tmp_path, inputs, tokenizers_, expected, name, wo
             safe = domain.replace(" (", "_").replace(")", "").replace(" ", "_")
             ds_prefix = f"{prefix}_{safe}_{key}_document"
             assert megatron_docs(ds_prefix) == docs, (key, domain)
-            entry = next(d for d in stats["datasets"] if d["prefix"] == ds_prefix)
+            entry = next(d for d in stats["datasets"] if d["name"] == os.path.basename(ds_prefix))
             assert (entry["key"], entry["domain"]) == (key, domain)
             assert entry["documents"] == len(docs)
             assert entry["tokens"] == sum(map(len, docs))
             seen.add(ds_prefix)
-    assert {d["prefix"] for d in stats["datasets"]} == seen
+    assert {os.path.join(str(tmp_path), d["name"]) for d in stats["datasets"]} == seen
     assert len(glob.glob(prefix + "*.idx")) == len(seen)
+    assert files_under(tmp_path) == sorted([os.path.basename(p) + e for p in seen for e in (".bin", ".idx")]
+                                           + ["mile-manifests/out.json"])
 
 
 def test_domain_file_names(tmp_path, tokenizers_):
@@ -317,7 +330,7 @@ def test_bad_line_stops_with_file_and_line(tmp_path, tokenizers_, reason):
                     "--split-by", "meta.pile_set_name", *tokenizers_["sentencepiece"][0]])
     assert proc.returncode != 0
     assert f"{src}:3" in proc.stderr and reason in proc.stderr
-    assert glob.glob(prefix + "*") == []  # nothing under final (or temporary) names
+    assert files_under(tmp_path) == ["bad.jsonl"]  # nothing under final (or temporary) names
 
 
 def test_skip_bad_lines_counts_reasons_blank_and_empty(tmp_path, tokenizers_):
@@ -332,7 +345,7 @@ def test_skip_bad_lines_counts_reasons_blank_and_empty(tmp_path, tokenizers_):
     proc = run_cli(["--input", str(src), "--output-prefix", prefix, "--skip-bad-lines",
                     "--split-by", "meta.pile_set_name", "--append-eod", *flags])
     assert proc.returncode == 0, proc.stderr
-    with open(prefix + "_stats.json") as f:
+    with open(manifest_of(prefix)) as f:
         totals = json.load(f)["totals"]
     assert totals["bad_lines"] == {"malformed_json": 1, "missing_key": 2, "not_a_string": 1}
     assert {(e["line"], e["reason"]) for e in totals["bad_line_examples"]} == {
@@ -360,7 +373,7 @@ def test_undecodable_zstd_fails_cleanly(tmp_path, records, tokenizers_, damage):
                         *tokenizers_["sentencepiece"][0]])
         assert proc.returncode != 0
         assert f"{src}:" in proc.stderr and "zstd" in proc.stderr
-        assert glob.glob(prefix + "*") == []
+        assert files_under(tmp_path) == ["in.jsonl.zst"]
 
 
 def _big_input(tmp_path, records, copies=8):
@@ -375,21 +388,23 @@ def test_killed_run_leaves_no_final_index(tmp_path, records, tokenizers_, sig):
             "--output-prefix", prefix, "--quiet", "--workers", "2", "--block-bytes", "32768",
             "--split-by", "meta.pile_set_name", *tokenizers_["sentencepiece"][0]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staged = str(tmp_path / "mile-manifests" / "staging-*" / "*.bin")
     deadline = time.time() + 60
-    while not glob.glob(prefix + "*.tmp-*") and time.time() < deadline:
+    while not glob.glob(staged) and time.time() < deadline:
         assert proc.poll() is None, "finished before it could be killed"
         time.sleep(0.01)
     os.kill(proc.pid, sig)
     proc.wait(timeout=30)
     assert proc.returncode != 0
-    finals = [p for p in glob.glob(prefix + "*") if ".tmp-" not in p]
-    assert finals == []
+    left = [f for f in files_under(tmp_path) if f != "big.jsonl"]
+    assert all(f.startswith("mile-manifests/staging-") for f in left), left  # nothing final
     if sig == signal.SIGTERM:  # a catchable signal also removes the temporary files
-        assert glob.glob(prefix + "*") == []
-    # Re-running afterwards completes and overwrites cleanly.
+        assert left == []
+    # Re-running afterwards completes, overwrites cleanly and removes the dead run's staging.
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert glob.glob(prefix + "*.idx") and os.path.exists(prefix + "_stats.json")
+    assert glob.glob(prefix + "*.idx") and os.path.exists(manifest_of(prefix))
+    assert not [f for f in files_under(tmp_path) if "staging-" in f]
 
 
 def test_rerun_overwrites_and_drops_stale_domains(tmp_path, records, tokenizers_, expected):
@@ -418,10 +433,10 @@ def test_progress_and_stats(tmp_path, inputs, tokenizers_, records):
     progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("[mile-preprocess]")]
     assert len(progress) >= 3
     assert all(s in progress[0] for s in ("docs/s", "M tok/s", "MB/s", "ETA"))
-    with open(prefix + "_stats.json") as f:
+    with open(manifest_of(prefix)) as f:
         stats = json.load(f)
     (ds,) = stats["datasets"]
-    assert ds["prefix"] == prefix + "_text_document" and ds["domain"] is None
+    assert ds["name"] == "p_text_document" and ds["domain"] is None
     assert ds["documents"] == stats["totals"]["documents"] == len(records)
     assert ds["text_bytes"] == sum(len(r["text"].encode()) for r in records)
     assert stats["tokens_per_second"] > 0 and stats["dtype"] == "uint16"

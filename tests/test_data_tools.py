@@ -232,17 +232,18 @@ def test_merge_runs_per_domain_equals_single_run(corpus, sp_model, tmp_path):
     for i, part in enumerate(parts):
         _run_preprocess(part, str(tmp_path / f"run{i}"), sp_model, *split)
     _run_preprocess(corpus[0], str(tmp_path / "whole"), sp_model, *split)
-    assert merge_main(["--input", str(tmp_path / "run0_stats.json"),
-                       str(tmp_path / "run1_stats.json"), "--output-prefix",
-                       str(tmp_path / "merged")]) == 0
-    whole = json.load(open(tmp_path / "whole_stats.json"))
-    merged = json.load(open(tmp_path / "merged_stats.json"))
+    manifests = tmp_path / "mile-manifests"
+    assert merge_main(["--input", str(manifests / "run0.json"), str(manifests / "run1.json"),
+                       "--output-prefix", str(tmp_path / "merged")]) == 0
+    whole = json.load(open(manifests / "whole.json"))
+    merged = json.load(open(manifests / "merged.json"))
     assert [d["domain"] for d in merged["datasets"]] == [d["domain"] for d in whole["datasets"]]
     for m, w in zip(merged["datasets"], whole["datasets"]):
         assert (m["documents"], m["tokens"], m["text_bytes"]) == (
             w["documents"], w["tokens"], w["text_bytes"])
         for ext in (".bin", ".idx"):
-            assert open(m["prefix"] + ext, "rb").read() == open(w["prefix"] + ext, "rb").read()
+            assert open(tmp_path / (m["name"] + ext), "rb").read() == \
+                open(tmp_path / (w["name"] + ext), "rb").read()
 
 
 def test_merge_directory_matches_megatron_add_index(corpus, sp_model, tmp_path):
@@ -252,7 +253,6 @@ def test_merge_directory_matches_megatron_add_index(corpus, sp_model, tmp_path):
     os.makedirs(tmp_path / "d")
     for i, part in enumerate(parts):
         _run_preprocess(part, str(tmp_path / "d" / f"r{i}"), sp_model)
-        os.remove(tmp_path / "d" / f"r{i}_stats.json")
     assert merge_main(["--input", str(tmp_path / "d"), "--output-prefix",
                        str(tmp_path / "ours")]) == 0
     builder = IndexedDatasetBuilder(str(tmp_path / "ref.bin"), dtype=np.uint16)
@@ -296,12 +296,13 @@ def test_blend_weights():
 
 def test_blend_cli_from_stats(corpus, sp_model, tmp_path, capsys):
     _run_preprocess(corpus[0], str(tmp_path / "b"), sp_model, "--split-by", "meta.pile_set_name")
-    stats = json.load(open(tmp_path / "b_stats.json"))
+    manifest = str(tmp_path / "mile-manifests" / "b.json")
+    stats = json.load(open(manifest))
     capsys.readouterr()
-    assert blend_main([str(tmp_path / "b_stats.json")]) == 0
+    assert blend_main([manifest]) == 0
     words = capsys.readouterr().out.split()
     assert words[0] == "--data-path"
     weights, prefixes = [float(x) for x in words[1::2]], words[2::2]
     total = stats["totals"]["tokens"]
-    assert prefixes == [d["prefix"] for d in stats["datasets"]]
+    assert prefixes == [str(tmp_path / d["name"]) for d in stats["datasets"]]
     assert weights == pytest.approx([d["tokens"] / total for d in stats["datasets"]], rel=1e-5)

@@ -96,6 +96,29 @@ def write_dataset(prefix: str, documents: int = 400) -> None:
     builder.finalize(prefix + ".idx")
 
 
+def write_manifest(prefixes: list[str], tokenizer_model: Path, tokens: list[int] = None) -> str:
+    """The manifest mile-preprocess would write for ``prefixes`` (one directory) made with the
+    sentencepiece file ``tokenizer_model``: training checks the data against it."""
+    import hashlib
+
+    def sha256(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    directory = os.path.dirname(prefixes[0])
+    datasets = [{"name": os.path.basename(p), "key": "text", "domain": os.path.basename(p),
+                 "documents": 10, "tokens": t, "text_bytes": 4 * t,
+                 "bin_bytes": os.path.getsize(p + ".bin"), "idx_bytes": os.path.getsize(p + ".idx"),
+                 "idx_sha256": sha256(p + ".idx")}
+                for p, t in zip(prefixes, tokens or [1] * len(prefixes))]
+    path = os.path.join(directory, "mile-manifests", "pile_train.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Path(path).write_text(json.dumps({
+        "format": "mile-manifest/1", "datasets": datasets,
+        "tokenizer": {"type": "SentencePieceTokenizer", "vocab_size": 32000,
+                      "path": str(tokenizer_model), "sha256": sha256(tokenizer_model)}}))
+    return path
+
+
 def dry_run_pretrain(script: Path, *extra: str, **env: str):
     (words,) = printed_commands(run_script(script, *extra, env=env))
     launcher, argv = split_launch(words)
@@ -191,6 +214,7 @@ def test_real_data_blend(tmp_path):
         write_dataset(p)
     tokenizer = tmp_path / "sp.model"
     tokenizer.touch()
+    write_manifest(prefixes, tokenizer)
     _, argv = dry_run_pretrain(SINGLE, CONFIG="llama_468m",
                                DATA_PATH=f"0.25 {prefixes[0]} 0.75 {prefixes[1]}",
                                TOKENIZER_MODEL=str(tokenizer), SPLIT="98,2,0")
@@ -329,7 +353,7 @@ def test_pile_preprocess_dry_run(tmp_path):
     with mock.patch.object(merge, "merge_runs", return_value={"totals": {"documents": 0, "tokens": 0}}) as m:
         assert merge.main(cmds[33][1:]) == 0
     stats, prefix = m.call_args.args
-    assert stats == [str(out / f"shards/pile_{s}_stats.json") for s in PILE_SHARDS[:30]]
+    assert stats == [str(out / f"shards/mile-manifests/pile_{s}.json") for s in PILE_SHARDS[:30]]
     assert prefix == str(out / "pile_train")
 
 
@@ -337,7 +361,8 @@ def test_pile_preprocess_skips_done_work_and_takes_array_tasks(tmp_path):
     tokenizer = tmp_path / "sp.model"
     tokenizer.touch()
     (tmp_path / "shards").mkdir()
-    (tmp_path / "shards/pile_00_stats.json").write_text("{}")
+    (tmp_path / "shards/mile-manifests").mkdir()
+    (tmp_path / "shards/mile-manifests/pile_00.json").write_text("{}")
     env = {"OUTPUT_DIR": str(tmp_path), "TOKENIZER_MODEL": str(tokenizer), "STAGES": "tokenizer preprocess"}
     cmds = printed_commands(run_script(PILE / "preprocess_pile.sh", env=env))
     assert len(cmds) == 31 and all(c[0] == "mile-preprocess" for c in cmds)  # no tokenizer, no shard 00
@@ -349,20 +374,26 @@ def test_pile_preprocess_skips_done_work_and_takes_array_tasks(tmp_path):
 def test_pile_merge_refuses_missing_shards(tmp_path):
     proc = run_script(PILE / "preprocess_pile.sh", env={"OUTPUT_DIR": str(tmp_path), "STAGES": "merge"},
                       dry_run=False, check=False)
-    assert proc.returncode == 1 and "pile_00_stats.json is missing" in proc.stderr
+    assert proc.returncode == 1 and "mile-manifests/pile_00.json is missing" in proc.stderr
 
 
 @pytest.fixture
 def pile_stats(tmp_path):
-    """A merged-train stats file of three domains, with their datasets."""
-    datasets = []
-    for domain, tokens in (("Pile-CC", 6000), ("Wikipedia (en)", 1000), ("ArXiv", 3000)):
-        prefix = str(tmp_path / f"pile_train_{domain.replace(' (en)', '_en')}_text_document")
+    """The merged-train manifest of three domains, with their datasets (made with the tokenizer
+    file pretrain_pile.sh names by default)."""
+    domains = {"Pile-CC": 6000, "Wikipedia (en)": 1000, "ArXiv": 3000}
+    prefixes = {d: str(tmp_path / f"pile_train_{d.replace(' (en)', '_en')}_text_document") for d in domains}
+    for prefix in prefixes.values():
         write_dataset(prefix)
-        datasets.append({"prefix": prefix, "key": "text", "domain": domain, "documents": 10,
-                         "tokens": tokens, "text_bytes": 4 * tokens})
-    (tmp_path / "pile_train_stats.json").write_text(json.dumps({"datasets": datasets}))
-    return tmp_path, {d["domain"]: d["prefix"] for d in datasets}
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer/pile_bpe32k.model").touch()
+    path = write_manifest(list(prefixes.values()), tmp_path / "tokenizer/pile_bpe32k.model",
+                          list(domains.values()))
+    manifest = json.loads(Path(path).read_text())
+    for entry, domain in zip(manifest["datasets"], domains):
+        entry["domain"] = domain
+    Path(path).write_text(json.dumps(manifest))
+    return tmp_path, prefixes
 
 
 def read_blend(path: Path) -> dict:
@@ -383,7 +414,7 @@ def test_pile_blend(pile_stats, blend, expect):
     weights.write_text("# shares\nPile-CC=5\nWikipedia (en)=2\n\nArXiv=3\n")
     dry = printed_commands(run_script(PILE / "blend_pile.sh", env={
         "OUTPUT_DIR": str(out), "BLEND": blend, "WEIGHTS_FILE": str(weights)}))
-    assert dry[0][:3] == ["mile-blend", str(out / "pile_train_stats.json"), "--table"]
+    assert dry[0][:3] == ["mile-blend", str(out / "mile-manifests/pile_train.json"), "--table"]
     assert not (out / "pile_train_blend.txt").exists()
 
     run_script(PILE / "blend_pile.sh", env={"OUTPUT_DIR": str(out), "BLEND": blend,
@@ -395,8 +426,6 @@ def test_pile_blend(pile_stats, blend, expect):
 def test_pile_pretrain_on_the_blend(pile_stats):
     out, prefixes = pile_stats
     (out / "pile_train_blend.txt").write_text(" ".join(f"0.5 {p}" for p in list(prefixes.values())[:2]) + "\n")
-    (out / "tokenizer").mkdir()
-    (out / "tokenizer/pile_bpe32k.model").touch()
     launcher, argv = dry_run_pretrain(PILE / "pretrain_pile.sh", OUTPUT_DIR=str(out), CONFIG="llama_1.2b",
                                       LOSS="mile")
     _, world = torchrun_world(launcher)
@@ -410,7 +439,7 @@ def test_pile_pretrain_through_slurm(pile_stats, fake_slurm):
     out, prefixes = pile_stats
     (out / "pile_train_blend.txt").write_text(f"1.0 {prefixes['ArXiv']}\n")
     launcher, argv = dry_run_pretrain(PILE / "pretrain_pile.sh", OUTPUT_DIR=str(out), LAUNCH="slurm",
-                                      TOKENIZER_MODEL=str(out / "pile_train_stats.json"), **fake_slurm)
+                                      TOKENIZER_MODEL=str(out / "tokenizer/pile_bpe32k.model"), **fake_slurm)
     assert launcher[0] == "srun"
     _, world = torchrun_world(launcher)
     args = parse_pretrain(argv, world)

@@ -172,7 +172,7 @@ def real_text(tmp_path_factory):
                      str(root / "tok.model"), "--output-prefix", str(root / "data"), "--split-by",
                      "meta.pile_set_name", "--append-eod", "--quiet"])
     # Domains with a handful of documents, so that each has a validation split.
-    datasets = [d for d in load_datasets([str(root / "data_stats.json")]) if d["documents"] >= 5]
+    datasets = [d for d in load_datasets([str(root / "mile-manifests" / "data.json")]) if d["documents"] >= 5]
     blend = blend_weights(datasets)
     data_path = [x for weight, prefix in blend for x in (str(weight), prefix)]
     return root, data_path

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 OUTPUT_DIR=${OUTPUT_DIR:-/data/pile_mile}
-STATS=${STATS:-${OUTPUT_DIR}/pile_train_stats.json}
+STATS=${STATS:-${OUTPUT_DIR}/mile-manifests/pile_train.json}  # the merge's manifest
 BLEND=${BLEND:-pile_epochs}                       # pile_epochs | tokens | weights
 WEIGHTS_FILE=${WEIGHTS_FILE:-}
 BLEND_FILE=${BLEND_FILE:-${OUTPUT_DIR}/pile_train_blend.txt}

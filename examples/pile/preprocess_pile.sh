@@ -12,12 +12,12 @@
 #   tokenizer   train a 32000-piece sentencepiece BPE model on a sample of the first train shards,
 #               unless TOKENIZER_MODEL exists (e.g. point it at LLaMA's tokenizer.model instead)
 #   preprocess  mile-preprocess each of SHARDS (00..29, val, test) split by meta.pile_set_name:
-#               OUTPUT_DIR/shards/pile_NN_<domain>_text_document.{bin,idx} + pile_NN_stats.json,
-#               OUTPUT_DIR/pile_{val,test}_<domain>_text_document.{bin,idx} + _stats.json;
-#               a shard whose _stats.json exists is skipped (restartable)
+#               OUTPUT_DIR/shards/pile_NN_<domain>_text_document.{bin,idx} and the manifest
+#               OUTPUT_DIR/shards/mile-manifests/pile_NN.json; likewise pile_{val,test} in
+#               OUTPUT_DIR; a shard whose manifest exists is skipped (restartable)
 #   merge       mile-merge-datasets the 30 train shards per domain:
-#               OUTPUT_DIR/pile_train_<domain>_text_document.{bin,idx} + pile_train_stats.json
-#               (OUTPUT_DIR/shards can be deleted afterwards)
+#               OUTPUT_DIR/pile_train_<domain>_text_document.{bin,idx} and
+#               OUTPUT_DIR/mile-manifests/pile_train.json (OUTPUT_DIR/shards can be deleted afterwards)
 # Next: examples/pile/blend_pile.sh, then examples/pile/pretrain_pile.sh.
 set -euo pipefail
 
@@ -42,6 +42,7 @@ if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then      # one shard per array task
 fi
 
 has_stage() { [[ " ${STAGES} " == *" $1 "* ]]; }
+manifest_of() { echo "$(dirname "$1")/mile-manifests/$(basename "$1").json"; }  # of an output prefix
 
 if has_stage tokenizer; then
     if [[ -f "${TOKENIZER_MODEL}" ]]; then
@@ -68,8 +69,8 @@ if has_stage preprocess; then
             val|test) prefix="${OUTPUT_DIR}/pile_${shard}" ;;
             *) prefix="${OUTPUT_DIR}/shards/pile_${shard}" ;;
         esac
-        if [[ -f "${prefix}_stats.json" ]]; then
-            echo "preprocess: ${prefix}_stats.json exists, skipping shard ${shard}" >&2
+        if [[ -f "$(manifest_of "${prefix}")" ]]; then
+            echo "preprocess: $(manifest_of "${prefix}") exists, skipping shard ${shard}" >&2
             continue
         fi
         [[ "${DRY_RUN}" == 1 ]] || mkdir -p "$(dirname "${prefix}")"
@@ -89,7 +90,7 @@ fi
 if has_stage merge; then
     TRAIN_STATS=()
     for shard in $(seq -w 0 29); do
-        TRAIN_STATS+=("${OUTPUT_DIR}/shards/pile_${shard}_stats.json")
+        TRAIN_STATS+=("$(manifest_of "${OUTPUT_DIR}/shards/pile_${shard}")")
     done
     if [[ "${DRY_RUN}" != 1 ]]; then
         for stats in "${TRAIN_STATS[@]}"; do

@@ -1,6 +1,6 @@
-"""A ready ``--data-path`` blend from ``mile-preprocess`` / ``mile-merge-datasets`` stats.
+"""A ready ``--data-path`` blend from ``mile-preprocess`` / ``mile-merge-datasets`` manifests.
 
-    $ mile-blend pile_stats.json
+    $ mile-blend /data/mile-manifests/pile.json
     --data-path 0.181 /data/pile_Pile-CC_text_document 0.144 /data/pile_PubMed_Central_text_document ...
 
 Weights are proportional to tokens (natural sampling) unless given per domain:
@@ -12,25 +12,28 @@ Weights are proportional to tokens (natural sampling) unless given per domain:
 
 A domain spread over several datasets (several runs) splits its share by their tokens. Domains
 may be named as in the data (``Wikipedia (en)``) or filename-safe (``Wikipedia_en``).
+
+Every dataset's files are checked against its manifest first (sizes, ``.idx`` checksum): a set
+that an interrupted re-run left half replaced is refused, naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Optional
 
+from megatron_mile.data.manifest import load_manifest
 from megatron_mile.data.preprocess import safe_name
 
 
-def load_datasets(stats_files: list[str], key: Optional[str] = None) -> list[dict]:
-    """The ``datasets`` entries of the stats files (only json key ``key`` if given)."""
+def load_datasets(manifests: list[str], key: Optional[str] = None) -> list[dict]:
+    """The ``datasets`` entries of the manifests (only json key ``key`` if given), each with its
+    ``prefix``, after checking every dataset's files against its manifest."""
     datasets = []
-    for path in stats_files:
-        with open(path, encoding="utf-8") as f:
-            stats = json.load(f)
-        datasets.extend(d for d in stats["datasets"] if key is None or d["key"] == key)
+    for path in manifests:
+        datasets.extend(d for d in load_manifest(path)["datasets"]
+                        if key is None or d["key"] == key)
     if key is None and len({d["key"] for d in datasets}) > 1:
         raise ValueError(f"the stats hold several json keys {sorted({d['key'] for d in datasets})}"
                          "; choose one with --key")
@@ -108,7 +111,8 @@ def _parse_pairs(items: Optional[list[str]], flag: str) -> Optional[dict]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mile-blend", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stats", nargs="+", help="_stats.json files of mile-preprocess runs")
+    parser.add_argument("manifests", nargs="+",
+                        help="manifests of mile-preprocess runs (DIR/mile-manifests/NAME.json)")
     parser.add_argument("--key", default=None, help="json key to blend (when several)")
     parser.add_argument("--weights", nargs="+", metavar="DOMAIN=SHARE", default=None)
     parser.add_argument("--epochs", nargs="+", metavar="DOMAIN=EPOCHS", default=None)
@@ -117,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="also print a table of domains, tokens and weights to stderr")
     args = parser.parse_args(argv)
     try:
-        datasets = load_datasets(args.stats, args.key)
+        datasets = load_datasets(args.manifests, args.key)
         blend = blend_weights(datasets, _parse_pairs(args.weights, "--weights"),
                               _parse_pairs(args.epochs, "--epochs"), args.default_weight)
     except (OSError, ValueError, KeyError) as e:

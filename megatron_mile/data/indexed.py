@@ -6,8 +6,9 @@ The bytes are identical to ``megatron.core.datasets.indexed_dataset.IndexedDatas
 * no torch/megatron import (seconds and hundreds of MB per process);
 * sequence lengths and document indices are spooled to side files instead of Python lists, so
   memory does not grow with the dataset (Megatron's builder holds ~100 bytes per document);
-* everything is written under ``<final>.tmp-<pid>`` names and renamed on :meth:`finalize`,
-  ``.bin`` before ``.idx``: a killed run never leaves an ``.idx`` that looks finished.
+* everything is written into a staging directory (see :mod:`megatron_mile.data.manifest`) and
+  moved to the final names by the caller's commit, so a killed run leaves nothing under a final
+  name and nothing but ``.bin``/``.idx`` pairs beside the datasets.
 
 ``.idx`` layout (little endian): ``b"MMIDIDX\\x00\\x00"``, version ``<Q>`` = 1, dtype code ``<B>``,
 sequence count ``<Q>``, document count ``<Q>`` (documents + 1), int32 sequence lengths, int64
@@ -23,6 +24,8 @@ import struct
 from typing import Optional
 
 import numpy as np
+
+from megatron_mile.data import manifest
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -42,18 +45,6 @@ def optimal_dtype(vocab_size: Optional[int]) -> type:
     return np.uint16 if vocab_size is not None and vocab_size < 65500 else np.int32
 
 
-def tmp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def remove_temporaries(prefix: str) -> None:
-    """Delete this process's temporary files of dataset ``prefix`` (all of them, whether or not
-    its writer finished constructing: a signal can arrive in between)."""
-    for suffix in (".bin", ".lengths", ".docidx", ".idx"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_name(prefix + suffix))
-
-
 def read_index_header(idx_path: str) -> tuple[type, int, int]:
     """``(dtype, sequence_count, document_count)`` parsed from an ``.idx`` header."""
     with open(idx_path, "rb") as f:
@@ -66,23 +57,42 @@ def read_index_header(idx_path: str) -> tuple[type, int, int]:
     return CODE_DTYPES[code], seqs, docs
 
 
+@contextlib.contextmanager
+def _errors_name(path: str):
+    """An OSError without a file name (a failed write: ENOSPC, EIO) gets ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
+
+
 class IndexedDatasetWriter:
     """Streams one dataset ``{prefix}.bin``/``{prefix}.idx``.
 
     Use :meth:`add_documents` for batches of single-sequence documents (what preprocessing
-    makes), :meth:`add_dataset` to append a finished dataset (merging), then :meth:`finalize`,
-    or :meth:`abort` to delete the temporary files.
+    makes), :meth:`add_dataset` to append a finished dataset (merging), then :meth:`finish`;
+    the files are then complete under ``staging`` (:meth:`moves` says where they go, for the
+    caller's :func:`manifest.commit` of a set). Deleting the staging directory discards them.
+    Without ``staging``, a dataset on its own: the writer stages in a directory of its own and
+    :meth:`finalize` commits it (or :meth:`abort`).
     """
 
-    def __init__(self, prefix: str, dtype: type) -> None:
+    def __init__(self, prefix: str, dtype: type, staging: Optional[str] = None) -> None:
         self.prefix = prefix
+        self._own_staging = staging is None
+        if staging is None:
+            staging = manifest.make_staging(os.path.dirname(os.path.abspath(prefix)))
+        self.staging = staging
         self.dtype = np.dtype(dtype).type
         if self.dtype not in DTYPE_CODES:
             raise ValueError(f"unsupported token dtype {dtype}")
         self.bin_path, self.idx_path = prefix + ".bin", prefix + ".idx"
-        self._bin_tmp = tmp_name(self.bin_path)
-        self._lens_tmp = tmp_name(prefix + ".lengths")
-        self._docs_tmp = tmp_name(prefix + ".docidx")
+        staged = os.path.join(staging, os.path.basename(prefix))
+        self._bin_tmp, self._idx_tmp = staged + ".bin", staged + ".idx"
+        self._lens_tmp = staged + ".lengths"
+        self._docs_tmp = staged + ".docidx"
         self._bin = open(self._bin_tmp, "wb")
         self._lens = open(self._lens_tmp, "wb")
         self._docs = open(self._docs_tmp, "wb")
@@ -96,11 +106,12 @@ class IndexedDatasetWriter:
             return
         tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         lengths = np.ascontiguousarray(lengths, dtype=np.int32)
-        self._bin.write(memoryview(tokens).cast("B"))
-        self._lens.write(lengths.tobytes())
-        # A document ends after each sequence: indices sequences+1 .. sequences+n.
-        self._docs.write(np.arange(self.sequences + 1, self.sequences + 1 + len(lengths),
-                                   dtype=np.int64).tobytes())
+        with _errors_name(self._bin_tmp):
+            self._bin.write(memoryview(tokens).cast("B"))
+            self._lens.write(lengths.tobytes())
+            # A document ends after each sequence: indices sequences+1 .. sequences+n.
+            self._docs.write(np.arange(self.sequences + 1, self.sequences + 1 + len(lengths),
+                                       dtype=np.int64).tobytes())
         self.sequences += len(lengths)
         self.documents += len(lengths)
         self.tokens += int(tokens.size)
@@ -157,24 +168,39 @@ class IndexedDatasetWriter:
         with open(self._docs_tmp, "rb") as docs:
             shutil.copyfileobj(docs, out, 16 * 2**20)
 
-    def finalize(self) -> None:
-        """Write the ``.idx`` and move both files to their final names (``.bin`` first)."""
-        for f in (self._bin, self._lens, self._docs):
-            f.close()
-        idx_tmp = tmp_name(self.idx_path)
-        with open(idx_tmp, "wb") as out:
-            self._write_index(out)
-        # An .idx from an earlier run must not end up next to this run's .bin, even briefly.
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.idx_path)
-        os.replace(self._bin_tmp, self.bin_path)
-        os.replace(idx_tmp, self.idx_path)
+    def finish(self) -> None:
+        """Write the ``.idx``; both files are then complete in the staging directory."""
+        with _errors_name(self._idx_tmp):
+            for f in (self._bin, self._lens, self._docs):
+                f.close()
+            with open(self._idx_tmp, "wb") as out:
+                self._write_index(out)
         for path in (self._lens_tmp, self._docs_tmp):
             os.remove(path)
 
-    def abort(self) -> None:
-        """Close and delete every temporary file; final names are left untouched."""
+    def moves(self) -> list[tuple[str, str]]:
+        """``(staged, final)`` for the ``.bin`` then the ``.idx`` (the order a commit needs)."""
+        return [(self._bin_tmp, self.bin_path), (self._idx_tmp, self.idx_path)]
+
+    def close(self) -> None:
+        """Close the open files (on failure, before the staging directory is deleted)."""
         for f in (self._bin, self._lens, self._docs):
-            with contextlib.suppress(Exception):
-                f.close()
-        remove_temporaries(self.prefix)
+            f.close()
+
+    def finalize(self) -> None:
+        """A dataset on its own: :meth:`finish`, then move it to its final name."""
+        assert self._own_staging, "a writer in a shared staging directory is committed by its owner"
+        try:
+            self.finish()
+            manifest.commit(self.moves(), [], None, manifest.manifest_path(self.prefix), self.staging)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """A dataset on its own: delete everything written."""
+        try:
+            self.close()
+        except OSError:
+            pass
+        manifest.remove_staging(self.staging)

@@ -12,6 +12,7 @@ the file and the line where decoding failed, instead of silently ending the inpu
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from typing import Iterator, Optional
@@ -41,12 +42,12 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
             if not matches:
-                raise FileNotFoundError(f"--input pattern matched no files: {pattern}")
+                raise FileNotFoundError(errno.ENOENT, "--input pattern matched no files", pattern)
             files.extend(matches)
         elif os.path.isfile(pattern):
             files.append(pattern)
         else:
-            raise FileNotFoundError(f"--input file not found: {pattern}")
+            raise FileNotFoundError(errno.ENOENT, "--input file not found", pattern)
     return files
 
 

@@ -5,26 +5,31 @@ Two ways to name the inputs:
 * Megatron's: ``--input DIR`` (every ``.bin``/``.idx`` pair in it, sorted by name) and/or dataset
   prefixes; everything is concatenated into ``{output_prefix}.bin/.idx``, byte-identical to
   Megatron's ``IndexedDatasetBuilder.add_index`` + ``finalize``.
-* Per domain: ``--input run00_stats.json run01_stats.json ...`` (the ``_stats.json`` of
-  ``mile-preprocess`` runs, e.g. one per Pile shard). Datasets are grouped by (json key, domain)
-  and each group is merged into ``{output_prefix}[_{domain}]_{key}_document``, in the order the
-  stats files are given; a merged ``{output_prefix}_stats.json`` is written for ``mile-blend``.
+* Per domain: ``--input DIR/mile-manifests/run00.json DIR/mile-manifests/run01.json ...`` (the
+  manifests of ``mile-preprocess`` runs, e.g. one per Pile shard). Datasets are grouped by (json
+  key, domain) and each group is merged into ``{output_prefix}[_{domain}]_{key}_document``, in
+  the order the manifests are given, with a manifest of its own for ``mile-blend``.
 
-Streaming (the ``.bin`` files are copied, never loaded), written under temporary names and
-renamed when complete.
+An input listed in a manifest must agree with it (:mod:`megatron_mile.data.manifest`), and
+inputs made with different tokenizers are refused. The output gets a manifest when its inputs
+have one. Streaming (the ``.bin`` files are copied, never loaded), staged and committed as
+``mile-preprocess`` commits.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Optional
 
-from megatron_mile.data.indexed import IndexedDatasetWriter, read_index_header, tmp_name
+from megatron_mile.data import manifest as manifest_mod
+from megatron_mile.data.indexed import IndexedDatasetWriter, read_index_header
 from megatron_mile.data.preprocess import dataset_prefix
+
+# What must agree between the tokenizers of merged data.
+_TOKENIZER_FIELDS = ("type", "vocab_size", "sha256")
 
 
 def _dataset_prefixes(inputs: list[str]) -> list[str]:
@@ -47,6 +52,58 @@ def _dataset_prefixes(inputs: list[str]) -> list[str]:
     return prefixes
 
 
+def _same_tokenizer(sources: list[tuple[str, dict]]) -> dict:
+    """The tokenizer all ``(manifest path, manifest)`` sources were made with, or ValueError."""
+    first_path, first = sources[0]
+    for path, manifest in sources[1:]:
+        a = {k: first["tokenizer"].get(k) for k in _TOKENIZER_FIELDS}
+        b = {k: manifest["tokenizer"].get(k) for k in _TOKENIZER_FIELDS}
+        if a != b:
+            raise ValueError(f"{path}: made with another tokenizer than {first_path} ({b} vs "
+                             f"{a}); cannot merge")
+    return first["tokenizer"]
+
+
+def _merge_into(writer: IndexedDatasetWriter, prefixes: list[str]) -> None:
+    for prefix in prefixes:
+        writer.add_dataset(prefix)
+    writer.finish()
+
+
+def _write(output_prefix: str, groups: list[tuple[str, list[str]]], dtype,
+           describe) -> Optional[dict]:
+    """Merge each ``(output dataset prefix, input prefixes)`` group, then commit them all with the
+    manifest ``describe(writers, staging)`` returns (None: no manifest)."""
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    staging = manifest_mod.make_staging(out_dir)
+    writers = []
+    try:
+        for out, prefixes in groups:
+            writers.append(IndexedDatasetWriter(out, dtype, staging))
+            _merge_into(writers[-1], prefixes)
+        manifest = describe(writers, staging)
+        path = manifest_mod.manifest_path(output_prefix)
+        moves = [m for w in writers for m in w.moves()]
+        manifest_mod.commit(moves, manifest_mod.replaced_files(path, moves), manifest, path,
+                            staging)
+    except BaseException:
+        for w in writers:
+            try:
+                w.close()
+            except OSError:
+                pass
+        manifest_mod.remove_staging(staging)
+        raise
+    return manifest
+
+
+def _entry(w: IndexedDatasetWriter, staging: str, **extra) -> dict:
+    return {"name": os.path.basename(w.prefix), **extra, "documents": w.documents,
+            "tokens": w.tokens,
+            **manifest_mod.describe_files(os.path.join(staging, os.path.basename(w.prefix)))}
+
+
 def merge_datasets(prefixes: list[str], output_prefix: str) -> dict:
     """Concatenate datasets into ``output_prefix``; returns documents/tokens/sequences."""
     if not prefixes:
@@ -54,91 +111,95 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> dict:
     out = os.path.abspath(output_prefix)
     if any(os.path.abspath(p) == out for p in prefixes):
         raise ValueError(f"the output {output_prefix} is also an input")
+    found = [manifest_mod.find_manifest(p) for p in prefixes]  # refuses disagreeing files
     dtype = read_index_header(prefixes[0] + ".idx")[0]
-    writer = IndexedDatasetWriter(output_prefix, dtype)
-    try:
-        for prefix in prefixes:
-            writer.add_dataset(prefix)
-        writer.finalize()
-    except BaseException:
-        writer.abort()
-        raise
-    return {"prefix": output_prefix, "documents": writer.documents, "tokens": writer.tokens,
-            "sequences": writer.sequences}
+    summary: dict = {}
+
+    def describe(writers, staging):
+        (w,) = writers
+        summary.update(prefix=output_prefix, documents=w.documents, tokens=w.tokens,
+                       sequences=w.sequences)
+        if tokenizer is None:
+            return None  # an input without metadata: so is the output
+        return {"format": manifest_mod.MANIFEST_FORMAT,
+                "output_prefix": os.path.basename(output_prefix),
+                "merged_from": [os.path.abspath(p) for p in prefixes], "tokenizer": tokenizer,
+                "dtype": found[0][1].get("dtype"),
+                "datasets": [_entry(w, staging, key=None, domain=None, text_bytes=sum(
+                    f[2].get("text_bytes", 0) for f in found))]}
+
+    tokenizer = None
+    if all(f is not None for f in found):
+        tokenizer = _same_tokenizer([(f[0], f[1]) for f in found])  # before any byte is copied
+    _write(output_prefix, [(output_prefix, prefixes)], dtype, describe)
+    return summary
 
 
-def merge_runs(stats_files: list[str], output_prefix: str) -> dict:
+def merge_runs(manifest_files: list[str], output_prefix: str) -> dict:
     """Merge the datasets of several ``mile-preprocess`` runs per (key, domain)."""
     start = time.perf_counter()
-    runs = []
-    for path in stats_files:
-        with open(path, encoding="utf-8") as f:
-            runs.append(json.load(f))
+    runs = [manifest_mod.load_manifest(path) for path in manifest_files]  # verified
+    tokenizer = _same_tokenizer(list(zip(manifest_files, runs)))
     groups: dict = {}
     for run in runs:
         for d in run["datasets"]:
-            group = groups.setdefault((d["key"], d.get("domain")), [])
-            group.append(d)
-    datasets = []
-    written: list[str] = []
-    try:
-        for (key, domain), parts in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-            prefix = dataset_prefix(output_prefix, key, domain)
-            merged = merge_datasets([p["prefix"] for p in parts], prefix)
-            written.append(prefix)
-            datasets.append({"prefix": prefix, "key": key, "domain": domain,
-                             "documents": merged["documents"], "tokens": merged["tokens"],
-                             "text_bytes": sum(p.get("text_bytes", 0) for p in parts)})
-    except BaseException:
-        # All or nothing: a half-merged set of domains would silently skew a blend.
-        for prefix in written:
-            for ext in (".idx", ".bin"):
-                if os.path.exists(prefix + ext):
-                    os.remove(prefix + ext)
-        raise
-    stats = {
-        "output_prefix": output_prefix,
-        "merged_from": stats_files,
-        "tokenizer": runs[0].get("tokenizer"),
-        "dtype": runs[0].get("dtype"),
-        "datasets": datasets,
-        "totals": {
-            "datasets": len(datasets),
-            "documents": sum(d["documents"] for d in datasets),
-            "tokens": sum(d["tokens"] for d in datasets),
-            "text_bytes": sum(d["text_bytes"] for d in datasets),
-        },
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    path = f"{output_prefix}_stats.json"
-    with open(tmp_name(path), "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_name(path), path)
-    return stats
+            groups.setdefault((d["key"], d.get("domain")), []).append(d)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+    if not ordered:
+        raise ValueError(f"no datasets in {', '.join(manifest_files)}")
+    dtype = read_index_header(ordered[0][1][0]["prefix"] + ".idx")[0]
+
+    def describe(writers, staging):
+        datasets = [_entry(w, staging, key=key, domain=domain,
+                           text_bytes=sum(p.get("text_bytes", 0) for p in parts))
+                    for w, ((key, domain), parts) in zip(writers, ordered)]
+        return {
+            "format": manifest_mod.MANIFEST_FORMAT,
+            "output_prefix": os.path.basename(output_prefix),
+            "merged_from": [os.path.abspath(p) for p in manifest_files],
+            "tokenizer": tokenizer,
+            "dtype": runs[0].get("dtype"),
+            "datasets": datasets,
+            "totals": {
+                "datasets": len(datasets),
+                "documents": sum(d["documents"] for d in datasets),
+                "tokens": sum(d["tokens"] for d in datasets),
+                "text_bytes": sum(d["text_bytes"] for d in datasets),
+            },
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+
+    manifest = _write(output_prefix, [(dataset_prefix(output_prefix, key, domain),
+                                       [p["prefix"] for p in parts])
+                                      for (key, domain), parts in ordered], dtype, describe)
+    for d in manifest["datasets"]:
+        d["prefix"] = os.path.join(os.path.dirname(output_prefix), d["name"])
+    return manifest
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mile-merge-datasets",
         description="Merge Megatron indexed datasets (directory / prefixes), or the per-domain "
-                    "datasets of several mile-preprocess runs (their _stats.json files).")
+                    "datasets of several mile-preprocess runs (their manifests).")
     parser.add_argument("--input", nargs="+", required=True,
-                        help="directories, dataset prefixes, or *_stats.json files")
+                        help="directories, dataset prefixes, or manifests "
+                             "(DIR/mile-manifests/NAME.json)")
     parser.add_argument("--output-prefix", required=True)
     args = parser.parse_args(argv)
-    out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
     try:
-        stats_inputs = [i for i in args.input if i.endswith(".json")]
-        if stats_inputs and len(stats_inputs) != len(args.input):
-            raise ValueError("give either _stats.json files or datasets/directories, not both")
-        os.makedirs(out_dir, exist_ok=True)
-        if stats_inputs:
-            stats = merge_runs(stats_inputs, args.output_prefix)
-            summary = stats["totals"]
+        manifests = [i for i in args.input if i.endswith(".json")]
+        if manifests and len(manifests) != len(args.input):
+            raise ValueError("give either manifests (.json) or datasets/directories, not both")
+        if manifests:
+            summary = merge_runs(manifests, args.output_prefix)["totals"]
         else:
             summary = merge_datasets(_dataset_prefixes(args.input), args.output_prefix)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except OSError as e:
+        reason = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else e
+        print(f"mile-merge-datasets: error: {reason}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError) as e:
         print(f"mile-merge-datasets: error: {e}", file=sys.stderr)
         return 1
     print(f"[mile-merge-datasets] {args.output_prefix}: {summary['documents']:,} documents, "

@@ -4,15 +4,18 @@
 ``tools/preprocess_data.py`` flags where they overlap and, without ``--split-by``, writes
 byte-identical ``{prefix}_{key}_document.{bin,idx}``. With ``--split-by meta.pile_set_name`` it
 writes one dataset per distinct value, ``{prefix}_{domain}_{key}_document``, so a training blend
-can weight the Pile's domains. ``{prefix}_stats.json`` records documents, tokens and bytes per
-dataset; ``mile-blend`` turns it into a ``--data-path``.
+can weight the Pile's domains. The manifest ``DIR/mile-manifests/NAME.json`` (for the prefix
+``DIR/NAME``; :mod:`megatron_mile.data.manifest`) records documents, tokens, bytes and checksums
+per dataset and the tokenizer; ``mile-blend`` turns it into a ``--data-path``, training checks
+the data against it. The output directory holds only ``.bin``/``.idx`` pairs.
 
 Pipeline (memory bounded whatever the input size)::
 
     main: read blocks of whole lines ──► workers: split, json.loads, tokenise a batch,
           (file, first line, bytes)             pack uint16/int32 arrays per (key, domain)
     main: ◄── results, in input order ── at most ``2 * workers + 1`` blocks in flight
-          write .bin, spool lengths; at the end write .idx, rename tmp -> final
+          write .bin, spool lengths (all in a staging directory); at the end write the .idx
+          files, then commit: move every dataset to its final name, the manifest last
 
 With ``--workers 1`` blocks are tokenised in the main process: no IPC at all. Workers import
 only numpy and the tokenizer library (no torch, no megatron).
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -35,7 +37,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from megatron_mile.data.indexed import IndexedDatasetWriter, optimal_dtype, remove_temporaries, tmp_name
+from megatron_mile.data import manifest as manifest_mod
+from megatron_mile.data.indexed import IndexedDatasetWriter, optimal_dtype
 from megatron_mile.data.jsonl import InputError, expand_inputs, input_size, iter_blocks
 from megatron_mile.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 
@@ -44,6 +47,7 @@ BAD_JSON = "malformed_json"
 NOT_OBJECT = "not_an_object"
 MISSING_KEY = "missing_key"
 NOT_STRING = "not_a_string"
+BAD_UNICODE = "invalid_unicode"
 MISSING_SPLIT = "missing_split_value"
 TOKENIZER_ERROR = "tokenizer_error"
 BAD_ZSTD = "undecodable_zstd"
@@ -56,7 +60,8 @@ class PreprocessConfig:
     input: list
     """Input files or globs: ``.jsonl``, ``.json`` (one object per line) or ``.jsonl.zst``."""
     output_prefix: str
-    """Outputs are ``{output_prefix}[_{domain}]_{key}_document.{bin,idx}`` and ``_stats.json``."""
+    """Outputs are ``{output_prefix}[_{domain}]_{key}_document.{bin,idx}`` and the manifest
+    (:func:`megatron_mile.data.manifest.manifest_path`)."""
     tokenizer_type: str
     """One of ``TOKENIZER_TYPES``."""
     tokenizer_model: Optional[str] = None
@@ -83,6 +88,8 @@ class PreprocessConfig:
     """Bytes of input per unit of work sent to a worker."""
     quiet: bool = False
     """No progress output."""
+    allow_empty: bool = False
+    """Succeed (with an empty manifest) when the inputs hold no document; else that is an error."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,21 +150,31 @@ def _lookup(obj: dict, path: tuple) -> Any:
     return obj
 
 
-def _parse_line(raw: bytes, s: _WorkerSettings) -> tuple[list[str], Optional[str]]:
-    """The texts of ``json_keys`` and the split value of one line, or raise ``_BadLine``."""
+_JSON_TYPES = {dict: "object", list: "array", type(None): "null", bool: "boolean", int: "number",
+               float: "number", str: "string"}
+
+
+def _parse_line(raw: bytes, s: _WorkerSettings) -> tuple[list[str], list[int], Optional[str]]:
+    """The texts of ``json_keys``, their UTF-8 sizes and the split value of one line, or raise
+    ``_BadLine``."""
     try:
         obj = json.loads(raw)
     except ValueError as e:  # includes invalid UTF-8
         raise _BadLine(BAD_JSON, str(e)) from None
     if not isinstance(obj, dict):
-        raise _BadLine(NOT_OBJECT, f"a JSON {type(obj).__name__}, not an object")
-    texts = []
+        raise _BadLine(NOT_OBJECT, f"a JSON {_JSON_TYPES[type(obj)]}, not an object")
+    texts, sizes = [], []
     for key in s.json_keys:
         if key not in obj:
             raise _BadLine(MISSING_KEY, f"no key {key!r}")
         text = obj[key]
         if not isinstance(text, str):
-            raise _BadLine(NOT_STRING, f"{key!r} is a JSON {type(text).__name__}, not a string")
+            raise _BadLine(NOT_STRING, f"{key!r} is a JSON {_JSON_TYPES[type(text)]}, not a string")
+        try:
+            sizes.append(len(text.encode("utf-8")))
+        except UnicodeEncodeError as e:  # JSON's "\ud800" escapes decode to lone surrogates
+            raise _BadLine(BAD_UNICODE, f"{key!r} holds a lone surrogate "
+                           f"{text[e.start]!r} at character {e.start} (not Unicode text)") from None
         texts.append(text)
     domain = None
     if s.split_path is not None:
@@ -168,7 +185,7 @@ def _parse_line(raw: bytes, s: _WorkerSettings) -> tuple[list[str], Optional[str
         if isinstance(value, (dict, list)) or value is None:
             raise _BadLine(MISSING_SPLIT, f"{'.'.join(s.split_path)!r} is not a string")
         domain = str(value)
-    return texts, domain
+    return texts, sizes, domain
 
 
 def _tokenize_all(texts: list[str], linenos: list[int], s: _WorkerSettings) -> list:
@@ -208,6 +225,7 @@ def encode_block(task: tuple) -> BlockResult:
         lines.pop()
     result = BlockResult(outputs={}, lines=len(lines))
     per_key_texts: list[list[str]] = [[] for _ in s.json_keys]
+    per_key_sizes: list[list[int]] = [[] for _ in s.json_keys]
     linenos: list[int] = []
     domains: list[Optional[str]] = []
 
@@ -226,13 +244,14 @@ def encode_block(task: tuple) -> BlockResult:
             result.blank_lines += 1
             continue
         try:
-            texts, domain = _parse_line(raw, s)
+            texts, sizes, domain = _parse_line(raw, s)
         except _BadLine as e:
             if bad(first_line + i, e.reason, e.detail):
                 return result
             continue
-        for k, text in enumerate(texts):
+        for k, (text, size) in enumerate(zip(texts, sizes)):
             per_key_texts[k].append(text)
+            per_key_sizes[k].append(size)
         linenos.append(first_line + i)
         domains.append(domain)
 
@@ -246,19 +265,19 @@ def encode_block(task: tuple) -> BlockResult:
                 return result
             # Drop the document for every key (keys stay aligned) and tokenise again.
             drop = linenos.index(e.lineno)
-            for texts in per_key_texts:
-                del texts[drop]
+            for texts, sizes in zip(per_key_texts, per_key_sizes):
+                del texts[drop], sizes[drop]
             del linenos[drop], domains[drop]
-    for key, ids, texts in zip(s.json_keys, per_key_ids, per_key_texts):
-        _collect(result, key, ids, texts, domains, eod, s.dtype)
+    for key, ids, sizes in zip(s.json_keys, per_key_ids, per_key_sizes):
+        _collect(result, key, ids, sizes, domains, eod, s.dtype)
     return result
 
 
-def _collect(result: BlockResult, key: str, ids: list, texts: list[str],
+def _collect(result: BlockResult, key: str, ids: list, sizes: list[int],
              domains: list, eod: Optional[int], dtype: type) -> None:
     """Group one key's documents by domain (input order kept) and pack them."""
     groups: dict = {}
-    for doc, text, domain in zip(ids, texts, domains):
+    for doc, size, domain in zip(ids, sizes, domains):
         if doc.size == 0:  # empty text, or text the tokenizer maps to nothing
             result.empty_documents += 1
             continue
@@ -266,7 +285,7 @@ def _collect(result: BlockResult, key: str, ids: list, texts: list[str],
         if group is None:
             group = groups[domain] = ([], [0])
         group[0].append(doc)
-        group[1][0] += len(text.encode("utf-8", "surrogatepass"))
+        group[1][0] += size
     for domain, (docs, text_bytes) in groups.items():
         tokens, lengths = _pack(docs, eod, dtype)
         result.outputs[(key, domain)] = (tokens, lengths, text_bytes[0])
@@ -290,15 +309,16 @@ def dataset_prefix(output_prefix: str, key: str, domain: Optional[str]) -> str:
 
 
 class _Outputs:
-    """The datasets of a run, created as their (key, domain) first appears."""
+    """The datasets of a run, created (in the staging directory) as their (key, domain) first
+    appears."""
 
-    def __init__(self, output_prefix: str, dtype: type) -> None:
+    def __init__(self, output_prefix: str, dtype: type, staging: str) -> None:
         self.output_prefix = output_prefix
         self.dtype = dtype
+        self.staging = staging
         self.writers: dict = {}
         self.text_bytes: dict = collections.Counter()
         self._names: dict = {}  # safe name -> domain, to catch two domains with one file name
-        self._started: list = []  # prefixes whose writer was (being) created
 
     def writer(self, key: str, domain: Optional[str]) -> IndexedDatasetWriter:
         w = self.writers.get((key, domain))
@@ -309,8 +329,7 @@ class _Outputs:
                 if other != domain:
                     raise ValueError(f"domains {other!r} and {domain!r} map to the same file "
                                      f"name {safe_name(domain)!r}")
-            self._started.append(prefix)  # before any file exists, so abort() can remove them all
-            w = self.writers[(key, domain)] = IndexedDatasetWriter(prefix, self.dtype)
+            w = self.writers[(key, domain)] = IndexedDatasetWriter(prefix, self.dtype, self.staging)
         return w
 
     def write(self, result: BlockResult) -> None:
@@ -318,15 +337,18 @@ class _Outputs:
             self.writer(key, domain).add_documents(tokens, lengths)
             self.text_bytes[(key, domain)] += text_bytes
 
-    def finalize(self) -> None:
+    def finish(self) -> None:
         for w in self.writers.values():
-            w.finalize()
+            w.finish()
 
     def abort(self) -> None:
+        """Discard everything written (never raises: the error that got us here matters)."""
         for w in self.writers.values():
-            w.abort()
-        for prefix in self._started:
-            remove_temporaries(prefix)
+            try:
+                w.close()
+            except OSError:
+                pass
+        manifest_mod.remove_staging(self.staging)
 
 
 class _Progress:
@@ -407,28 +429,18 @@ def _results(config: PreprocessConfig, settings: _WorkerSettings, tasks: Iterato
         pool.terminate()
 
 
-def _old_outputs(stats_path: str) -> list[str]:
-    with contextlib.suppress(Exception):
-        with open(stats_path, encoding="utf-8") as f:
-            return [d["prefix"] for d in json.load(f)["datasets"]]
-    return []
-
-
-def _write_json_atomically(path: str, obj: dict) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def preprocess(config: PreprocessConfig) -> dict:
-    """Run the tool; returns the stats dict also written to ``{output_prefix}_stats.json``.
+    """Run the tool; returns the manifest it wrote (each dataset entry with its ``prefix``).
 
-    Raises :class:`InputError` (file and line named) on bad input unless ``skip_bad_lines``;
-    no output appears under a final name unless the whole run succeeds.
+    Raises :class:`InputError` (file and line named) on bad input unless ``skip_bad_lines``,
+    ``OSError`` (path named) when the output cannot be written, ``ValueError`` on bad settings
+    and on inputs without documents (unless ``allow_empty``). Outputs appear under their final
+    names only when the whole run succeeds, all together (:func:`manifest.commit`).
     """
     start = time.perf_counter()
+    if not os.path.basename(config.output_prefix):
+        raise ValueError(f"--output-prefix {config.output_prefix!r}: needs a file name prefix "
+                         "after the directory, e.g. DIR/pile")
     files = expand_inputs(list(config.input))
     tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_model,
                                 config.vocab_file, config.merge_file, config.vocab_size)
@@ -446,11 +458,12 @@ def preprocess(config: PreprocessConfig) -> dict:
     )
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
     os.makedirs(out_dir, exist_ok=True)
-    stats_path = f"{config.output_prefix}_stats.json"
+    path = manifest_mod.manifest_path(config.output_prefix)
+    staging = manifest_mod.make_staging(out_dir)
 
     total_in = input_size(files)
     progress = _Progress(config.log_interval, total_in, config.quiet)
-    outputs = _Outputs(config.output_prefix, dtype)
+    outputs = _Outputs(config.output_prefix, dtype, staging)
     counts = collections.Counter()
     bad_lines: collections.Counter = collections.Counter()
     bad_examples: list = []
@@ -458,10 +471,10 @@ def preprocess(config: PreprocessConfig) -> dict:
     try:
         for file_index, read_bytes, first_line, result in _results(
                 config, settings, _tasks(files, config.block_bytes, read)):
-            path = files[file_index]
+            path_in = files[file_index]
             if result.error is not None:
                 lineno, reason, detail = result.error
-                raise InputError(path, lineno, reason.replace("_", " "), detail)
+                raise InputError(path_in, lineno, reason.replace("_", " "), detail)
             outputs.write(result)
             docs = sum(len(v[1]) for (key, _), v in result.outputs.items() if key == json_keys[0])
             tokens = sum(int(v[0].size) for v in result.outputs.values())
@@ -472,10 +485,25 @@ def preprocess(config: PreprocessConfig) -> dict:
             bad_lines.update(result.bad_lines)
             for lineno, reason, detail in result.bad_examples:
                 if len(bad_examples) < 20:
-                    bad_examples.append({"file": path, "line": lineno, "reason": reason,
+                    bad_examples.append({"file": path_in, "line": lineno, "reason": reason,
                                          "detail": detail})
             progress.update(docs, tokens, text_bytes, read_bytes)
-        outputs.finalize()
+        if not outputs.writers and not config.allow_empty:
+            raise ValueError(f"no documents in {', '.join(files)} ({counts['lines']} lines: "
+                             f"{counts['blank_lines']} blank, {counts['empty_documents']} empty "
+                             f"documents, {sum(bad_lines.values())} bad); --allow-empty accepts "
+                             "that")
+        outputs.finish()
+        datasets = []
+        for (key, domain), w in sorted(outputs.writers.items(),
+                                       key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            staged = os.path.join(staging, os.path.basename(w.prefix))
+            datasets.append({
+                "name": os.path.basename(w.prefix), "key": key, "domain": domain,
+                "documents": w.documents, "tokens": w.tokens,
+                "text_bytes": outputs.text_bytes[(key, domain)],
+                **manifest_mod.describe_files(staged),
+            })
     except InputError as e:
         outputs.abort()
         if config.skip_bad_lines and "zstd" in e.reason:
@@ -489,22 +517,13 @@ def preprocess(config: PreprocessConfig) -> dict:
         raise
 
     elapsed = time.perf_counter() - start
-    datasets = []
-    for (key, domain), w in sorted(outputs.writers.items(),
-                                   key=lambda kv: (kv[0][0], kv[0][1] or "")):
-        datasets.append({
-            "prefix": w.prefix, "key": key, "domain": domain, "documents": w.documents,
-            "tokens": w.tokens, "text_bytes": outputs.text_bytes[(key, domain)],
-        })
     total_tokens = sum(d["tokens"] for d in datasets)
-    stats = {
-        "output_prefix": config.output_prefix,
-        "inputs": files,
+    manifest = {
+        "format": manifest_mod.MANIFEST_FORMAT,
+        "output_prefix": os.path.basename(config.output_prefix),
+        "inputs": [os.path.abspath(f) for f in files],
         "input_bytes": total_in,
-        "tokenizer": {
-            "type": config.tokenizer_type, **dict(tokenizer.unique_identifiers),
-            "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod,
-        },
+        "tokenizer": tokenizer.metadata(),
         "dtype": np.dtype(dtype).name,
         "json_keys": list(json_keys),
         "split_by": config.split_by,
@@ -525,24 +544,38 @@ def preprocess(config: PreprocessConfig) -> dict:
         "seconds": round(elapsed, 3),
         "tokens_per_second": round(total_tokens / elapsed, 1) if elapsed > 0 else None,
     }
-    # Datasets of an earlier run with this prefix that this run did not produce (a domain that
-    # is gone) would otherwise linger next to the new ones and end up in a blend.
-    produced = {d["prefix"] for d in datasets}
-    for prefix in _old_outputs(stats_path):
-        if prefix not in produced:
-            for ext in (".idx", ".bin"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(prefix + ext)
-    _write_json_atomically(stats_path, stats)
+    moves = [m for w in outputs.writers.values() for m in w.moves()]
+    manifest_mod.commit(moves, _stale_files(config.output_prefix, path, moves), manifest, path,
+                        staging)
+    for d in datasets:
+        d["prefix"] = os.path.join(os.path.dirname(config.output_prefix), d["name"])
     if not config.quiet:
         progress.report(read[0], final=True)
         if sum(bad_lines.values()):
             print(f"[mile-preprocess] skipped bad lines: {dict(bad_lines)} "
-                  f"(examples in {stats_path})", file=sys.stderr)
+                  f"(examples in {path})", file=sys.stderr)
         if counts["blank_lines"] or counts["empty_documents"]:
             print(f"[mile-preprocess] dropped {counts['blank_lines']} blank lines and "
                   f"{counts['empty_documents']} empty documents", file=sys.stderr)
-    return stats
+    return manifest
+
+
+def _stale_files(output_prefix: str, path: str, moves: list) -> list[str]:
+    """:func:`manifest.replaced_files`, and the ``{prefix}_stats.json`` (and the datasets it
+    lists) that earlier versions of this tool wrote beside the datasets."""
+    produced = {os.path.abspath(final) for _, final in moves}
+    stale = manifest_mod.replaced_files(path, moves)
+    legacy = f"{output_prefix}_stats.json"
+    if os.path.isfile(legacy):
+        try:
+            with open(legacy, encoding="utf-8") as f:
+                old = [d["prefix"] for d in json.load(f)["datasets"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = []
+        stale += [p + ext for p in old for ext in (".idx", ".bin")
+                  if os.path.abspath(p + ext) not in produced]
+        stale.append(legacy)
+    return stale
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. meta.pile_set_name")
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="skip and count malformed lines instead of stopping")
+    g.add_argument("--allow-empty", action="store_true",
+                   help="succeed when the inputs hold no document (default: an error)")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     g.add_argument("--tokenizer-model", default=None,
@@ -599,16 +634,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         merge_file=args.merge_file, vocab_size=args.vocab_size, json_keys=tuple(args.json_keys),
         split_by=args.split_by, append_eod=args.append_eod, workers=args.workers,
         log_interval=args.log_interval, skip_bad_lines=args.skip_bad_lines,
-        block_bytes=args.block_bytes, quiet=args.quiet,
+        block_bytes=args.block_bytes, quiet=args.quiet, allow_empty=args.allow_empty,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
     try:
         preprocess(config)
-    except (InputError, FileNotFoundError, ValueError, ImportError) as e:
+    except OSError as e:
+        reason = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else e
+        print(f"mile-preprocess: error: {reason}", file=sys.stderr)
+        return 1
+    except (InputError, ValueError, ImportError) as e:
         print(f"mile-preprocess: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mile-preprocess: interrupted; no outputs written", file=sys.stderr)
+        print("mile-preprocess: interrupted", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -306,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-save-final", action="store_true",
                    help="Do not save a checkpoint at the last iteration.")
 
+    g = parser.add_argument_group("resume and preemption")
+    g.add_argument("--override-opt_param-scheduler", action="store_true",
+                   help="On --load, take the learning-rate schedule from the flags, not the checkpoint "
+                        "(without this or the next flag, a schedule that differs from the checkpoint's is "
+                        "an error).")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+                   help="On --load, keep the checkpoint's learning-rate schedule whatever the flags say.")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="On SIGTERM or SIGINT, finish the current iteration on every rank, save (with --save) "
+                        "and exit 0.")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="Save (with --save) and exit once training has run this many minutes.")
+
     _add_ignored_megatron_flags(parser)
     return parser
 
@@ -365,7 +379,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] =
     (which needs the data and tokenizer files to exist). Raises :class:`ConfigError`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _reject_megatron_flags(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _model_defaults_from_checkpoint(parser, argv)
+    args = parser.parse_args(argv)
     args.ignored_megatron_flags = _strip_ignored_megatron_flags(args)
     reasons = ignored_flags()
     for flag in args.ignored_megatron_flags:
@@ -375,6 +391,47 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] =
     if world_size is not None:
         validate_runtime(args, world_size)
     return args
+
+
+# The model and its tokenizer: with --load, those of these flags the command line does not give
+# come from the checkpoint's args.json (the effect of Megatron-LM's --use-checkpoint-args), so a
+# checkpoint continues, e.g. one written by mile-import-hf, without repeating them.
+CHECKPOINT_MODEL_FLAGS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "kv_channels", "group_query_attention",
+    "num_query_groups", "seq_length", "max_position_embeddings", "position_embedding_type", "rotary_base",
+    "rotary_percent", "normalization", "norm_epsilon", "swiglu", "disable_bias_linear",
+    "untie_embeddings_and_output_weights", "make_vocab_size_divisible_by",
+    "tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size",
+)
+
+
+def _model_defaults_from_checkpoint(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Make :data:`CHECKPOINT_MODEL_FLAGS` default to the values in the args.json of the latest
+    checkpoint in ``--load`` (no longer required); nothing happens without one."""
+    load_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    load_parser.add_argument("--load")
+    load = load_parser.parse_known_args(argv)[0].load
+    if load is None:
+        return
+    from megatron_mile.training.checkpointing import ARGS_FILE, CheckpointError, checkpoint_name, read_latest_iteration
+
+    try:
+        iteration = read_latest_iteration(load)
+    except CheckpointError:
+        return  # reported when the checkpoint is loaded
+    path = os.path.join(checkpoint_name(load, iteration), ARGS_FILE) if iteration is not None else None
+    if path is None or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable: reported, naming the file, when the checkpoint is loaded
+    defaults = {name: saved[name] for name in CHECKPOINT_MODEL_FLAGS if name in saved}
+    parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.required = False
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
@@ -617,6 +674,16 @@ def validate_args(args: argparse.Namespace) -> None:
          "--save-interval / --save-iters / --save-schedule exp need --save DIR")
     need(args.save_interval is None or args.save_interval > 0, "--save-interval must be positive")
     need(args.save_exp_per_doubling > 0, "--save-exp-per-doubling must be positive")
+    need(not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
+         "give at most one of --override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler")
+    need(args.exit_duration_in_mins is None or args.exit_duration_in_mins >= 0,
+         "--exit-duration-in-mins must be >= 0")
+    if args.mile_normalization == "microbatch":
+        from megatron_mile.losses.reduction import MICROBATCH_UNWEIGHTED_LOSSES, MICROBATCH_WEIGHTED_LOSSES
+
+        known = MICROBATCH_WEIGHTED_LOSSES + MICROBATCH_UNWEIGHTED_LOSSES
+        need(args.loss in known, f"--mile-normalization microbatch (the MiLe authors' code) is defined for "
+                                 f"--loss {', '.join(known)}, not {args.loss}")
 
     try:
         loss_config_from_args(args)
@@ -861,12 +928,13 @@ def transformer_config_from_args(args: argparse.Namespace):
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``mile-pretrain``: parse (answering ``--help`` and flag errors before megatron-core is
     imported), then train. Configuration errors print one line and exit with status 2."""
-    try:
-        args = parse_args(argv)
-    except ConfigError as exc:
-        print(f"mile-pretrain: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    from megatron_mile.training.console import import_quietly
+    from megatron_mile.training.logger import fused_path_notice
 
-    pretrain_gpt = import_quietly("megatron_mile.pretrain_gpt")
+    with fused_path_notice():  # (--load reads the checkpoint's args.json, which imports megatron-core)
+        try:
+            args = parse_args(argv)
+        except ConfigError as exc:
+            print(f"mile-pretrain: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        from megatron_mile import pretrain_gpt
     pretrain_gpt.main(args)

@@ -13,6 +13,12 @@ takes samples ``[r * mbs, (r + 1) * mbs)`` of each chunk. So every layout sees t
 the same global batch, and resuming at ``consumed_samples`` continues the exact sequence. Every
 rank of the first and last pipeline stages reads its batches itself (no broadcast over TP: the
 samples are memory-mapped and cheap); middle stages read nothing.
+
+Data made with another tokenizer is stopped twice. Before any process group exists,
+:func:`check_data_tokenizer` compares each dataset's manifest (written by ``mile-preprocess``)
+with the training tokenizer, or, for data without one, the largest id in the first
+:data:`MAX_ID_CHECK_TOKENS` tokens of each ``.bin`` with the vocabulary. And every sample passes
+:class:`TokenIdGuard`, so an id the embedding does not have never reaches it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional
 
+import numpy as np
 import torch
 from megatron.core import parallel_state
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -96,6 +103,104 @@ def check_dataset_splits(args) -> None:
                     f"share, weight the blend, or drop the dataset")
 
 
+MAX_ID_CHECK_TOKENS = 1 << 22
+"""Tokens read from the start of each ``.bin`` without a manifest by :func:`check_data_tokenizer`."""
+
+
+def _describe_tokenizer(meta: dict) -> str:
+    parts = [f"vocab {meta['vocab_size']}"] if meta.get("vocab_size") is not None else []
+    if meta.get("sha256"):
+        parts += [f"sha256 {meta['sha256'][:12]}", str(meta.get("path"))]
+    return f"{meta.get('type')} ({', '.join(parts)})"
+
+
+def token_id_range(prefix: str, max_tokens: int = MAX_ID_CHECK_TOKENS) -> tuple[int, int]:
+    """``(smallest, largest)`` token id in the first ``max_tokens`` tokens of ``prefix.bin``
+    (``(0, -1)`` if empty), read with the token dtype its ``.idx`` declares."""
+    from megatron_mile.data.indexed import read_index_header
+
+    dtype = np.dtype(read_index_header(prefix + ".idx")[0])
+    count = min(max_tokens, os.path.getsize(prefix + ".bin") // dtype.itemsize)
+    if count == 0:
+        return 0, -1
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r", shape=(count,))
+    return int(tokens.min()), int(tokens.max())
+
+
+def check_data_tokenizer(args) -> None:
+    """Raise ``ValueError`` naming the dataset when ``--data-path`` holds data made with another
+    tokenizer than the training flags name.
+
+    A dataset listed in a manifest must have files that agree with it (else
+    :class:`~megatron_mile.data.manifest.ManifestError`) and a tokenizer of the same type and file
+    contents (sha256), or for ``NullTokenizer`` the same vocabulary size. A dataset without one:
+    no id in its first :data:`MAX_ID_CHECK_TOKENS` tokens may reach the tokenizer's vocabulary
+    size. Reads the ``.idx`` files and those tokens, no more."""
+    from megatron_mile.data.manifest import find_manifest, sha256_files
+    from megatron_mile.data.tokenizers import build_tokenizer, tokenizer_files
+
+    files = tokenizer_files(args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file)
+    ours = {"type": args.tokenizer_type, "sha256": sha256_files(files) if files else None,
+            "path": os.path.abspath(files[0]) if files else None,
+            "vocab_size": args.vocab_size + 1 if args.tokenizer_type == "NullTokenizer" else None}
+    vocab_size = ours["vocab_size"]
+    from megatron_mile.training.arguments import DATA_PATH_FLAGS
+
+    prefixes = [p for name in DATA_PATH_FLAGS if getattr(args, name, None)
+                for p in get_blend_from_list(getattr(args, name))[0]]
+    for prefix in dict.fromkeys(prefixes):
+        found = find_manifest(prefix)
+        if found is not None:
+            path, manifest, _ = found
+            theirs = manifest.get("tokenizer") or {}
+            keys = ("type", "sha256") if files else ("type", "vocab_size")
+            if any(theirs.get(k) != ours[k] for k in keys):
+                raise ValueError(
+                    f"--data-path {prefix}: made with {_describe_tokenizer(theirs)} (its manifest "
+                    f"{path}), but training uses {_describe_tokenizer(ours)}; train with that "
+                    "tokenizer, or preprocess the data again with this one")
+            continue
+        if vocab_size is None:
+            vocab_size = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model,
+                                         vocab_file=args.vocab_file, merge_file=args.merge_file,
+                                         vocab_size=args.vocab_size).vocab_size
+            ours["vocab_size"] = vocab_size
+        low, top = token_id_range(prefix)
+        if low < 0 or top >= vocab_size:
+            raise ValueError(
+                f"--data-path {prefix}: token id {top if top >= vocab_size else low} in its first {MAX_ID_CHECK_TOKENS} tokens, but "
+                f"{_describe_tokenizer(ours)} has ids 0..{vocab_size - 1}: the data was made with "
+                "another tokenizer (it has no manifest to say which); train with that tokenizer, or "
+                "preprocess the data again with this one")
+
+
+class TokenIdGuard(torch.utils.data.Dataset):
+    """A dataset whose samples are checked: a token id ``>= vocab_size`` raises ``ValueError``
+    naming the dataset it came from, before it can reach the embedding (where it would be an
+    IndexError on CPU, a device-side assert on GPU, or silently an untrained padding row).
+    One ``max`` over each sample's tokens."""
+
+    def __init__(self, dataset, vocab_size: int, names: List[str]):
+        self.dataset = dataset
+        self.vocab_size = vocab_size
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = self.dataset[index]
+        tokens = sample["tokens"]
+        low, top = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, -1)
+        if low < 0 or top >= self.vocab_size:
+            which = int(sample["dataset_id"]) if "dataset_id" in sample and len(self.names) > 1 else 0
+            raise ValueError(f"sample {index} of {self.names[which]} holds token id "
+                             f"{top if top >= self.vocab_size else low}, but the "
+                             f"tokenizer has ids 0..{self.vocab_size - 1}: the data was made with "
+                             "another tokenizer")
+        return sample
+
+
 def _config(args, tokenizer, blend) -> GPTDatasetConfig:
     return GPTDatasetConfig(
         random_seed=args.seed,
@@ -152,14 +257,18 @@ def build_datasets(args, tokenizer) -> TrainingDatasets:
     blend = get_blend_from_list(args.data_path)
     builder = BlendedMegatronDatasetBuilder(
         GPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, blend))
-    train, valid, _ = builder.build()
-    datasets = TrainingDatasets(train, {BLEND: valid} if valid_samples else {})
     prefixes = blend[0]
+
+    def guard(dataset, names):
+        return None if dataset is None else TokenIdGuard(dataset, tokenizer.vocab_size, names)
+
+    train, valid, _ = builder.build()
+    datasets = TrainingDatasets(guard(train, prefixes), {BLEND: guard(valid, prefixes)} if valid_samples else {})
     if valid_samples and len(prefixes) > 1:
         for name, prefix in zip(dataset_names(prefixes), prefixes):
             one = BlendedMegatronDatasetBuilder(
                 GPTDataset, [0, valid_samples, 0], _needs_data, _config(args, tokenizer, ([prefix], None)))
-            datasets.valid[name] = one.build()[1]
+            datasets.valid[name] = guard(one.build()[1], [prefix])
     return datasets
 
 
