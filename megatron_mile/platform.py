@@ -1,14 +1,16 @@
 """Running megatron-core's training path without CUDA (CPU + gloo): every adaptation, in one place.
 
-megatron-core 0.16 assumes CUDA in a handful of places on the GPT training path (see
-``/work/shared/notes/megatron_on_cpu.md`` in the project history for the file:line map). Without a
-GPU the entry points call :func:`adapt_megatron_to_cpu` once per process and wrap three calls in
-:func:`cuda_to_cpu`; with a GPU both do nothing and megatron-core runs unmodified. Each measure:
+megatron-core (0.16.1 to 0.19.x) assumes CUDA in a handful of places on the GPT training path.
+Without a GPU the entry points call :func:`adapt_megatron_to_cpu` once per process and wrap three
+calls in :func:`cuda_to_cpu`; with a GPU both do nothing and megatron-core runs unmodified. Each
+measure:
 
 P1  ``torch.cuda.current_device()`` returns ``torch.device("cpu")``. megatron passes it only as
     ``device=`` (RoPE frequencies, the global memory buffer of core attention, the DDP grad/param
     buffers, pipeline receive buffers, timers), so everything lands on the CPU.
-P2  ``torch.cuda.synchronize()`` is a no-op (timers, p2p shape exchange, dist_checkpointing).
+P2  ``torch.cuda.synchronize()`` is a no-op (timers, p2p shape exchange, dist_checkpointing), and
+    ``torch.cuda.current_stream()`` returns torch's CPU stub stream (0.19's DDP grad sync asks it to
+    wait for CUDA-graph events; there are none on CPU).
 P3  :class:`CpuRNGStatesTracker` replaces megatron's CUDA RNG tracker: named CPU generator states
     that ``get_cuda_rng_tracker().fork()`` swaps in (attention dropout, TP-region dropout, weight
     init without --use-cpu-initialization). ``model_parallel_cuda_manual_seed`` then runs as is.
@@ -23,9 +25,17 @@ C1  ``batch_p2p_comm=False`` in the model config (set by the training code, see
     when the previous and next stage are the same rank (PP=2); the unbatched path is correct.
 
 P5  dist_checkpointing writes its files in the training process (:func:`write_checkpoints_in_process`).
-    Its torch_dist writer otherwise starts a ``multiprocessing`` manager and forks one writer process
-    per file on every save: costly on a small CPU machine, and impossible in daemonic processes
-    (worker pools, as in the tests). Same files, same format.
+    Its torch_dist writer otherwise starts a ``multiprocessing`` manager for its results queue on
+    every save, and up to 0.16 also one writer process per file: costly on a small CPU machine, and
+    impossible in daemonic processes (worker pools, as in the tests). megatron-core 0.17 renamed the
+    queue factory (``_get_write_results_queue`` -> ``get_write_results_queue``) and replaced the
+    per-file processes by threads (``write_preloaded_data_multiproc`` ->
+    ``write_preloaded_data_multithread``), which need no patch. Same files, same format.
+
+Every patch first checks its target with :func:`_patch_target`: the name exists, takes the
+parameters the replacement relies on, and is the one megatron-core's caller reads (a renamed target
+would otherwise leave the patch silently without effect). A mismatch raises
+:class:`PlatformPatchError` naming the target and the installed megatron-core version.
 
 Not CUDA-specific but in the same spirit: dist_checkpointing's forked writer hangs silently when
 ``psutil`` is missing (``filesystem_async._process_memory``); :func:`guard_dist_checkpointing`
@@ -38,16 +48,20 @@ with the local spec, which need CUDA or TE anyway; the training code keeps them 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
+import inspect
 import queue
-from typing import Dict
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from megatron.core.tensor_parallel import random as megatron_random
 
 __all__ = [
+    "SUPPORTED_MEGATRON_CORE",
     "CpuRNGStatesTracker",
     "CudaToCpuMode",
+    "PlatformPatchError",
     "adapt_megatron_to_cpu",
     "cuda_to_cpu",
     "guard_dist_checkpointing",
@@ -55,6 +69,62 @@ __all__ = [
     "pipeline_p2p_kwargs",
     "write_checkpoints_in_process",
 ]
+
+
+SUPPORTED_MEGATRON_CORE = ">=0.16.1,<0.20"
+"""The megatron-core releases whose patch targets this module has been checked against (setup.py)."""
+
+
+class PlatformPatchError(RuntimeError):
+    """A megatron-core name this module patches is missing or has changed (another release)."""
+
+
+def megatron_core_version() -> str:
+    try:
+        return importlib.metadata.version("megatron-core")
+    except importlib.metadata.PackageNotFoundError:
+        import megatron.core
+
+        return getattr(megatron.core, "__version__", "unknown")
+
+
+def _code_names(function: Callable) -> set:
+    """Global and attribute names that ``function``'s body (and its nested functions) read."""
+    todo, names = [getattr(inspect.unwrap(function), "__code__", None)], set()
+    while todo:
+        current = todo.pop()
+        if current is not None:
+            names.update(current.co_names)
+            todo.extend(c for c in current.co_consts if inspect.iscode(c))
+    return names
+
+
+def _patch_target(owner, name: str, *, params: Sequence[str] = (), read_by: Optional[Callable] = None):
+    """``getattr(owner, name)`` after checking that it exists, that its signature starts with
+    ``params`` (when given), and that ``read_by`` reads it (so replacing it takes effect). Raises
+    :class:`PlatformPatchError` naming the target and the installed megatron-core otherwise."""
+    target = f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', '')}".strip(".")
+    if inspect.ismodule(owner):
+        target = owner.__name__
+    target += f".{name}"
+    problem = None
+    if not hasattr(owner, name):
+        problem = "does not exist"
+    elif params:
+        try:
+            found = list(inspect.signature(getattr(owner, name)).parameters)[: len(params)]
+        except (TypeError, ValueError):
+            found = None
+        if found != list(params):
+            problem = f"takes ({', '.join(found or ['?'])}), expected ({', '.join(params)})"
+    if problem is None and read_by is not None and name not in _code_names(read_by):
+        problem = f"is no longer used by {read_by.__qualname__}, so patching it would have no effect"
+    if problem is not None:
+        raise PlatformPatchError(
+            f"megatron_mile.platform: {target} {problem} in megatron-core {megatron_core_version()}; "
+            f"this module supports megatron-core{SUPPORTED_MEGATRON_CORE} (install one of those, or "
+            f"adapt megatron_mile/platform.py to the new name)")
+    return getattr(owner, name)
 
 
 def on_cpu() -> bool:
@@ -129,7 +199,12 @@ class CpuRNGStatesTracker(megatron_random.CudaRNGStatesTracker):
 
 
 def _install_cpu_rng_tracker() -> None:
-    if not isinstance(megatron_random._CUDA_RNG_STATE_TRACKER, CpuRNGStatesTracker):
+    _patch_target(megatron_random.CudaRNGStatesTracker, "add", params=("self", "name", "seed"))
+    _patch_target(megatron_random.CudaRNGStatesTracker, "fork", params=("self", "name"))
+    tracker = _patch_target(megatron_random, "_CUDA_RNG_STATE_TRACKER", read_by=megatron_random.get_cuda_rng_tracker)
+    _patch_target(megatron_random, "_CUDA_RNG_STATE_TRACKER_INITIALIZED",
+                  read_by=megatron_random.initialize_rng_tracker)
+    if not isinstance(tracker, CpuRNGStatesTracker):
         megatron_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
         megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
@@ -140,6 +215,8 @@ def guard_dist_checkpointing() -> None:
     if importlib.util.find_spec("psutil") is None:
         from megatron.core.dist_checkpointing.strategies import filesystem_async
 
+        _patch_target(filesystem_async, "_process_memory",
+                      read_by=filesystem_async.FileSystemWriterAsync.write_preloaded_data)
         filesystem_async._process_memory = lambda: 0
 
 
@@ -162,15 +239,45 @@ def _write_buckets_in_process(transform_list, use_msc, rank, write_buckets, glob
     global_results_queue.put(results)
 
 
+def _in_process_results_queue(*_args, **_kwargs) -> queue.Queue:
+    """The write-results queue factory without a ``multiprocessing`` manager (P5)."""
+    return queue.Queue()
+
+
+# dist_checkpointing's torch_dist writer: (results-queue factory, per-save writer) by release.
+_WRITERS_UP_TO_0_16 = ("_get_write_results_queue", "write_preloaded_data_multiproc")  # a process per file
+_WRITERS_FROM_0_17 = ("get_write_results_queue", "write_preloaded_data_multithread")  # a thread per file
+_WRITER_PARAMS = ("transform_list", "use_msc", "rank", "write_buckets", "global_results_queue")
+
+
 def write_checkpoints_in_process() -> None:
     """P5: make dist_checkpointing's torch_dist writer write in this process (see module docstring)."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    filesystem_async._get_write_results_queue = queue.Queue
-    filesystem_async.FileSystemWriterAsync.write_preloaded_data_multiproc = staticmethod(_write_buckets_in_process)
+    writer_class = filesystem_async.FileSystemWriterAsync
+    old_names = _WRITERS_UP_TO_0_16[0] in _code_names(writer_class.prepare_write_data)
+    queue_name, writer_name = _WRITERS_UP_TO_0_16 if old_names else _WRITERS_FROM_0_17
+    _patch_target(filesystem_async, queue_name, read_by=writer_class.prepare_write_data)
+    _patch_target(writer_class, writer_name, params=_WRITER_PARAMS, read_by=writer_class.get_save_function_and_args)
+    setattr(filesystem_async, queue_name, _in_process_results_queue)
+    if old_names:  # from 0.17 on megatron's writer uses threads, which work in any process
+        _patch_target(writer_class, "write_preloaded_data",
+                      params=("transform_list", "local_proc_idx", "write_bucket", "results_queue", "count_queue",
+                              "use_fsync"))
+        setattr(writer_class, writer_name, staticmethod(_write_buckets_in_process))
 
 
 _ADAPTED = False
+
+
+def _ignore_cuda_generator_in_recompute() -> None:
+    """P6: activation recompute (``tensor_parallel.checkpoint``) saves and restores the CPU state,
+    the tracker's states and the CUDA generator's; without CUDA there is no CUDA generator, so its
+    get/set do nothing (the CPU generator, which the CPU dropout uses, is still restored)."""
+    _patch_target(megatron_random, "_get_cuda_rng_state", read_by=megatron_random._get_all_rng_states)
+    _patch_target(megatron_random, "_set_cuda_rng_state", read_by=megatron_random._set_all_rng_states)
+    megatron_random._get_cuda_rng_state = lambda *args, **kwargs: None
+    megatron_random._set_cuda_rng_state = lambda *args, **kwargs: None
 
 
 def adapt_megatron_to_cpu() -> None:
@@ -181,9 +288,13 @@ def adapt_megatron_to_cpu() -> None:
     if not on_cpu():
         return
     if not _ADAPTED:
+        write_checkpoints_in_process()  # P5
+        for name in ("current_device", "synchronize", "current_stream"):
+            _patch_target(torch.cuda, name)
         torch.cuda.current_device = lambda: torch.device("cpu")  # P1
         torch.cuda.synchronize = lambda device=None: None  # P2
-        write_checkpoints_in_process()  # P5
+        torch.cuda.current_stream = lambda device=None: torch.cpu.current_stream()  # P2
+        _ignore_cuda_generator_in_recompute()  # P6
         _ADAPTED = True
     _install_cpu_rng_tracker()  # P3 (again if someone rebuilt megatron's tracker)
 
