@@ -203,17 +203,23 @@ def _fault_hook() -> Optional[tuple[int, int]]:
 
 @contextlib.contextmanager
 def _signals_held():
-    """Hold SIGTERM/SIGINT back (delivered on exit) when called from the main thread."""
-    held = {signal.SIGTERM, signal.SIGINT}
+    """SIGTERM/SIGINT arriving inside are recorded and raised again on exit (when called from
+    the main thread, where Python runs signal handlers; a blocked mask would not do: another
+    thread, e.g. a BLAS pool, takes a process-directed signal)."""
+    received: list = []
+    previous = {}
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (ValueError, OSError):  # not the main thread of the main interpreter
-        previous = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread
+        pass
     try:
         yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 def commit(moves: list[tuple[str, str]], removals: list[str], manifest: Optional[dict],
