@@ -156,6 +156,18 @@ def test_one_dominant_type_merges_quantiles_not_empty_buckets():
     assert np.all(b.types[1:] > 0)
 
 
+def test_paper_buckets_hold_5_15_80_percent_of_the_mass():
+    # 1000 tokens: five types x 10 (5%), three x 50 (15%), one x 800 (80%), two unseen types.
+    counts = np.array([0, 10, 10, 10, 10, 10, 50, 50, 50, 800, 0])
+    b = build_buckets(counts, "paper")
+    assert b.token_bucket.tolist() == [0, 1, 1, 1, 1, 1, 2, 2, 2, 3, 0]
+    np.testing.assert_allclose(b.mass, [0.0, 0.05, 0.15, 0.80])
+    assert [label.split()[0] for label in b.labels] == ["unseen", "low", "medium", "high"]
+    # A type taking most of the mass swallows the medium share: no empty bucket, names kept.
+    b = build_buckets(np.array([1, 1, 98]), "paper")
+    assert [label.split()[0] for label in b.labels] == ["unseen", "low", "high"]
+
+
 def test_split_counts_only_that_splits_documents(datasets):
     """Documents [0, round(0.9 * D)) are megatron's training split of '90,10,0'."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset

@@ -45,10 +45,15 @@ __all__ = [
     "dataset_label",
     "log_buckets",
     "mass_quantile_buckets",
+    "paper_buckets",
     "parse_blend",
 ]
 
-BUCKET_SCHEMES = ("log", "mass")
+BUCKET_SCHEMES = ("log", "mass", "paper")
+# The MiLe paper's low / medium / high-frequency tokens: the rarest types holding 5% of the training
+# token mass, the next 15%, the most frequent 80% (rarest first, as the buckets here).
+PAPER_MASS_SHARES = (0.05, 0.15, 0.80)
+PAPER_BUCKET_NAMES = ("low", "medium", "high")
 
 # 16M tokens per read: 32 MiB of uint16 plus bincount's output, fast and small.
 DEFAULT_CHUNK_TOKENS = 1 << 24
@@ -445,33 +450,56 @@ def mass_quantile_buckets(counts: np.ndarray, num_buckets: int = 5) -> Frequency
     its middle and the quantiles it covers disappear (fewer buckets, never empty ones)."""
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    return _mass_share_buckets(counts, lambda share: np.minimum(np.floor(share * num_buckets), num_buckets - 1),
+                               "mass")
+
+
+def paper_buckets(counts: np.ndarray) -> FrequencyBuckets:
+    """``unseen`` plus the MiLe paper's low / medium / high-frequency tokens: the rarest types
+    holding 5% of the token mass, the next 15%, the most frequent 80% (:data:`PAPER_MASS_SHARES`),
+    a count value going to the share holding the middle of its mass (as :func:`mass_quantile_buckets`).
+    Labels name the share and its count range, e.g. ``medium [41, 980)``."""
+    bounds = np.cumsum(PAPER_MASS_SHARES)[:-1]
+    return _mass_share_buckets(counts, lambda share: np.searchsorted(bounds, share, side="right"), "paper")
+
+
+def _mass_share_buckets(counts: np.ndarray, share_index, scheme: str) -> FrequencyBuckets:
+    """Buckets of token mass: ``share_index(middle share [values]) -> bucket number per count value``."""
     counts = np.asarray(counts)
     positive = counts[counts > 0].astype(np.float64)
     if positive.size == 0:
-        return _from_edges(counts, np.array([0.0, 1.0, math.inf]), "mass")
+        return _from_edges(counts, np.array([0.0, 1.0, math.inf]), scheme)
     values, multiplicity = np.unique(positive, return_counts=True)  # ascending
     mass = values * multiplicity
     middle = np.cumsum(mass) - mass / 2  # mass of strictly rarer types + half of this value's
-    quantile = np.minimum(np.floor(middle / mass.sum() * num_buckets), num_buckets - 1)
-    starts = np.flatnonzero(np.diff(quantile, prepend=-1) > 0)  # first value of each quantile
+    index = share_index(middle / mass.sum())
+    starts = np.flatnonzero(np.diff(index, prepend=-1) > 0)  # first value of each share
     edges = np.concatenate([[0.0], values[starts], [math.inf]])
-    return _from_edges(counts, edges, "mass")
+    buckets = _from_edges(counts, edges, scheme)
+    if scheme == "paper":
+        buckets.labels[1:] = [f"{PAPER_BUCKET_NAMES[int(index[i])]} {label}"
+                              for i, label in zip(starts, buckets.labels[1:])]
+    return buckets
 
 
 def build_buckets(counts: np.ndarray, scheme: str = "log", num_buckets: int = 5,
                   base: float = 10.0) -> FrequencyBuckets:
-    """Buckets by ``scheme``: 'log' (``base``) or 'mass' (``num_buckets`` quantiles)."""
+    """Buckets by ``scheme``: 'log' (``base``), 'mass' (``num_buckets`` quantiles) or 'paper' (the
+    MiLe paper's 5 / 15 / 80% of the token mass)."""
     if scheme == "log":
         return log_buckets(counts, base)
     if scheme == "mass":
         return mass_quantile_buckets(counts, num_buckets)
+    if scheme == "paper":
+        return paper_buckets(counts)
     raise ValueError(f"unknown bucket scheme {scheme!r}; choose from {BUCKET_SCHEMES}")
 
 
 def add_bucket_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("frequency buckets")
     g.add_argument("--buckets", choices=BUCKET_SCHEMES, default="log",
-                   help="log: counts [1,10), [10,100), ...; mass: quantiles of the token mass.")
+                   help="log: counts [1,10), [10,100), ...; mass: quantiles of the token mass; paper: the MiLe "
+                        "paper's low / medium / high-frequency tokens (5 / 15 / 80%% of the token mass).")
     g.add_argument("--num-buckets", type=int, default=5, help="Quantiles for --buckets mass.")
     g.add_argument("--log-base", type=float, default=10.0, help="Bucket width for --buckets log.")
 
