@@ -190,7 +190,10 @@ def make_staging(data_dir: str) -> str:
 
 
 def remove_staging(staging: str) -> None:
+    """Delete a staging directory, and the manifest directory if that leaves it empty."""
     shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(staging))
 
 
 def _fault_hook() -> Optional[tuple[int, int]]:

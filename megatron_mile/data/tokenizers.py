@@ -407,7 +407,7 @@ class NullTokenizer(MileTokenizer):
         self._n = int(vocab_size)
 
     def tokenize(self, text: str) -> list[int]:
-        ids = [int(x) for x in text.split(" ")]
+        ids = [int(x) for x in text.split(" ")] if text else []  # an empty text is an empty document
         if ids and not 0 <= min(ids) <= max(ids) < self._n:
             raise ValueError(f"NullTokenizer ids must be in [0, {self._n}); got {min(ids)}..{max(ids)}")
         return ids
