@@ -28,6 +28,12 @@ adaptations (applied here via ``adapt_megatron_to_cpu`` and ``cuda_to_cpu``).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # answer --help and flag errors before megatron-core is imported
+    from megatron_mile.training.arguments import main as _parse_then_train
+
+    _parse_then_train()
+    raise SystemExit(0)
+
 import argparse
 import contextlib
 import math
@@ -57,6 +63,7 @@ from megatron_mile.training import checkpointing
 from megatron_mile.training.arguments import (
     ConfigError,
     cuda_available,
+    global_batch_size_at,
     parse_args,
     resolve_precision,
     save_iterations,
@@ -67,6 +74,7 @@ from megatron_mile.training.arguments import (
 )
 from megatron_mile.training.data import build_datasets, micro_batches
 from megatron_mile.training.distributed import destroy_distributed, initialize_distributed, launch_world_size
+from megatron_mile.training.exit_conditions import ExitSignalHandler, exit_reason
 from megatron_mile.training.logger import TrainingLogger
 
 # Order of the per-micro-batch statistics loss_func reports (summed over micro-batches and DP ranks).
@@ -86,13 +94,22 @@ class PretrainResult:
     """Iterations saved by this run."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console entry point (``mile-pretrain``)."""
+def main(argv: Union[argparse.Namespace, Sequence[str], None] = None) -> None:
+    """Train from parsed flags or command-line strings; a configuration error prints one line and
+    exits with status 2. (``mile-pretrain`` is :func:`megatron_mile.training.arguments.main`, which
+    parses before importing this module.)"""
     try:
-        pretrain(parse_args(argv))
-    except ConfigError as exc:
+        pretrain(argv if isinstance(argv, argparse.Namespace) else parse_args(argv))
+    except (ConfigError, checkpointing.ResumeMismatch) as exc:
         print(f"mile-pretrain: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except checkpointing.CheckpointError as exc:
+        print(f"mile-pretrain: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C without --exit-signal-handler: one line, no traceback
+        print("mile-pretrain: interrupted (SIGINT); nothing saved since the last checkpoint "
+              "(--exit-signal-handler finishes the iteration and saves)", file=sys.stderr)
+        sys.exit(130)
 
 
 def pretrain(args: Union[argparse.Namespace, Sequence[str]]) -> PretrainResult:
@@ -110,17 +127,22 @@ def pretrain(args: Union[argparse.Namespace, Sequence[str]]) -> PretrainResult:
                                 vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                                args.tensor_model_parallel_size)
+    if args.load is not None:  # a checkpoint's padded vocabulary wins when it fits this TP size
+        args.padded_vocab_size = checkpointing.padded_vocab_size_for_resume(args, tokenizer.vocab_size,
+                                                                            args.padded_vocab_size)
 
     # 2. Process groups and the CPU adaptations.
     created = initialize_distributed(args)
     try:
         platform.adapt_megatron_to_cpu()
-        return _train(args, tokenizer)
+        with ExitSignalHandler(args.exit_signal_handler) as signals:
+            return _train(args, tokenizer, signals)
     finally:
         destroy_distributed(created)
 
 
-def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
+def _train(args: argparse.Namespace, tokenizer, signals: ExitSignalHandler) -> PretrainResult:
+    start_time = time.time()  # for --exit-duration-in-mins
     logger = TrainingLogger(args, is_writer=dist.get_rank() == 0)
     logger.print(f"> megatron-mile: world {dist.get_world_size()} = TP {args.tensor_model_parallel_size} x "
                  f"PP {args.pipeline_model_parallel_size} x DP {args.data_parallel_size}"
@@ -159,23 +181,29 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
     # 7. The loop.
     result = PretrainResult()
     extra_saves = save_iterations(args)
+    last_checkpoint = None
     logger.print(f"> training {args.train_iters - iteration} iterations of {args.global_batch_size} x "
                  f"{args.seq_length} tokens ({args.num_microbatches} micro-batches of {args.micro_batch_size} "
-                 f"per DP rank)")
+                 f"per DP rank{', after the --rampup-batch-size ramp' if args.rampup_batch_size else ''})")
     while iteration < args.train_iters:
         start = time.perf_counter()
+        batch_size = global_batch_size_at(args, consumed_samples)  # constant without --rampup-batch-size
         stats, grad_norm, lr, update_ok = train_step(
-            args, model, optimizer, scheduler, denominator, forward_backward, step_fn, train_batches)
+            args, model, optimizer, scheduler, denominator, forward_backward, step_fn, train_batches,
+            num_microbatches=batch_size // (args.micro_batch_size * args.data_parallel_size),
+            # The schedule counts samples with --train-samples (Megatron-LM), else iterations.
+            schedule_increment=batch_size if args.train_samples is not None else 1)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         iteration += 1
-        consumed_samples += args.global_batch_size
-        tokens = args.global_batch_size * args.seq_length
+        consumed_samples += batch_size
+        tokens = batch_size * args.seq_length
         metrics = {"iteration": iteration, "consumed_samples": consumed_samples, **stats,
                    "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
                    "tokens": tokens, "tokens_per_s": tokens / elapsed, "iteration_time_s": elapsed,
-                   "skipped": not update_ok,
+                   "skipped": not update_ok, "global_batch_size": batch_size,
+                   "loss_scale": float(optimizer.get_loss_scale()) if args.fp16 else None,
                    # This rank's peak since the start (the logging rank: first pipeline stage).
                    "max_memory_allocated_gib":
                        torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
@@ -183,21 +211,24 @@ def _train(args: argparse.Namespace, tokenizer) -> PretrainResult:
         logger.training_iteration(metrics)
 
         if args.eval_iters > 0 and (iteration % args.eval_interval == 0 or iteration == args.train_iters):
-            valid = evaluate(args, model, datasets.valid, forward_backward)
+            valid = evaluate(args, model, datasets.valid, forward_backward, progress=logger.validation_progress)
             logger.validation(iteration, valid)
             result.valid.extend({"iteration": iteration, "dataset": k, **v} for k, v in valid.items())
 
-        exiting = args.exit_interval is not None and iteration % args.exit_interval == 0
+        exiting = exit_reason(args, iteration, signals, start_time)  # the same on every rank
         if should_save(args, iteration, extra_saves) or (exiting and args.save):
             with parameters_gathered(args, model):
                 path = checkpointing.save_checkpoint(args.save, iteration, model, optimizer, scheduler, args,
                                                      consumed_samples)
             result.checkpoints.append(iteration)
+            last_checkpoint = path
             logger.print(f"> saved checkpoint {path}")
         if exiting:
-            logger.print(f"> exiting at iteration {iteration} (--exit-interval)")
+            saved = f"checkpoint {last_checkpoint}" if args.save else "nothing saved (no --save)"
+            logger.print(f"> exiting at iteration {iteration} ({exiting}); {saved}")
             break
 
+    logger.summary(result.train, result.valid, last_checkpoint)
     logger.close()
     return result
 
@@ -245,17 +276,20 @@ def build_model(args: argparse.Namespace, config) -> List[DistributedDataParalle
             ))
     if args.use_cpu_initialization:
         initialize_layout_invariant_(chunks, config, args.seed)
+    for chunk in chunks:
+        chunk.prepare_loss()  # e.g. EMO's frozen cost rows, before any checkpoint is loaded
     if torch.cuda.is_available():
         for chunk in chunks:
             chunk.cuda(torch.cuda.current_device())
-    if args.bf16:
+    if args.bf16 or args.fp16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,  # as Megatron-LM does for bf16 (no-op for fp32)
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
         use_distributed_optimizer=args.use_distributed_optimizer,
-        check_for_nan_in_grad=True,
+        # As Megatron-LM: with dynamic fp16 loss scaling an overflow is the scaler's signal, not an error.
+        check_for_nan_in_grad=not (args.fp16 and args.loss_scale is None),
     )
     return [
         # Only the first chunk gets buckets that overlap with backward (Megatron-LM's choice).
@@ -277,34 +311,65 @@ def build_optimizer_and_scheduler(args: argparse.Namespace, model):
         adam_eps=args.adam_eps,
         sgd_momentum=args.sgd_momentum,
         bf16=args.bf16,
-        params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
+        fp16=args.fp16,
+        params_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
+        # fp16: static scale with --loss-scale, else megatron's dynamic scaler with these settings.
+        loss_scale=args.loss_scale,
+        initial_loss_scale=args.initial_loss_scale,
+        min_loss_scale=args.min_loss_scale,
+        loss_scale_window=args.loss_scale_window,
+        hysteresis=args.hysteresis,
         clip_grad=args.clip_grad,
         use_distributed_optimizer=args.use_distributed_optimizer,
         overlap_param_gather=args.overlap_param_gather,
     )
     with platform.cuda_to_cpu():  # the loss-scale tensor is created on "cuda"
         optimizer = get_megatron_optimizer(optimizer_config, model)
+    select_adam_implementation(optimizer, args.adam_impl)
     return optimizer, build_scheduler(args, optimizer)
 
 
+def select_adam_implementation(optimizer, impl: str) -> None:
+    """``--adam-impl``: which kernel torch's AdamW runs when megatron-core fell back to it (no
+    transformer-engine or apex FusedAdam). megatron-core builds ``torch.optim.AdamW`` with torch's
+    defaults (foreach on CUDA); the implementation is a per-group option that torch reads at every
+    step, so it is set on the groups: ``fused`` one kernel for all parameters (CUDA, and CPU in
+    torch >= 2.4), ``foreach`` multi-tensor kernels, ``for-loop`` one parameter at a time. ``auto``
+    is fused on CUDA and torch's default on CPU."""
+    if impl == "auto":
+        if not torch.cuda.is_available():
+            return
+        impl = "fused"
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        if not isinstance(torch_optimizer, (torch.optim.AdamW, torch.optim.Adam)):
+            continue  # a fused Adam from transformer-engine / apex, or SGD
+        for group in torch_optimizer.param_groups:
+            group["fused"] = impl == "fused"
+            group["foreach"] = impl == "foreach"
+
+
 def build_scheduler(args: argparse.Namespace, optimizer) -> OptimizerParamScheduler:
-    """megatron's LR/WD scheduler, counted in iterations (it only touches ``optimizer.param_groups``)."""
+    """megatron's LR/WD scheduler (it only touches ``optimizer.param_groups``), counted in
+    iterations, or in samples with ``--train-samples`` as Megatron-LM counts it then."""
+    unit = "samples" if args.train_samples is not None else "iters"
+    total, warmup, decay, wsd_decay = (getattr(args, name.format(unit)) for name in (
+        "train_{}", "lr_warmup_{}", "lr_decay_{}", "lr_wsd_decay_{}"))
     return OptimizerParamScheduler(
         optimizer,
         init_lr=args.lr_warmup_init,
         max_lr=args.lr,
         min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters,
+        lr_warmup_steps=warmup,
         # validate_args ensures warmup < decay when training; with --train-iters 0 the schedule is
         # never stepped, but megatron still asserts it.
-        lr_decay_steps=args.lr_decay_iters if args.train_iters > 0 else max(args.lr_decay_iters,
-                                                                            args.lr_warmup_iters + 1),
+        lr_decay_steps=decay if total > 0 else max(decay, warmup + 1),
         lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay,
-        end_wd=args.weight_decay,
-        wd_incr_steps=max(1, args.train_iters),
-        wd_incr_style="constant",
-        wsd_decay_steps=args.lr_wsd_decay_iters,
+        start_wd=args.start_weight_decay,
+        end_wd=args.end_weight_decay,
+        wd_incr_steps=max(1, total),
+        wd_incr_style=args.weight_decay_incr_style,
+        wsd_decay_steps=wsd_decay,
         lr_wsd_decay_style=args.lr_wsd_decay_style,
     )
 
@@ -368,8 +433,11 @@ def loss_func(denominator: LossDenominator, normalization: str, chunk, loss_mask
     return terms.numerator, terms.num_tokens.to(torch.int), {"stats": report}
 
 
-def train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches):
-    """One optimizer step over one global batch. Returns (statistics, grad norm, lr used, ok)."""
+def train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches,
+               num_microbatches: Optional[int] = None, schedule_increment: int = 1):
+    """One optimizer step over one global batch of ``num_microbatches`` micro-batches per DP rank
+    (default ``args.num_microbatches``; fewer during a batch-size ramp-up); the LR schedule then
+    advances by ``schedule_increment``. Returns (statistics, grad norm, lr used, ok)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -379,7 +447,7 @@ def train_step(args, model, optimizer, scheduler, denominator, forward_backward,
             forward_step_func=step_fn,
             data_iterator=_per_chunk_data(model, batches),
             model=model,
-            num_microbatches=args.num_microbatches,
+            num_microbatches=num_microbatches or args.num_microbatches,
             seq_length=args.seq_length,
             micro_batch_size=args.micro_batch_size,
             forward_only=False,
@@ -388,14 +456,15 @@ def train_step(args, model, optimizer, scheduler, denominator, forward_backward,
     with platform.cuda_to_cpu():  # clipping buffers and grad-type checks name "cuda"
         update_ok, grad_norm, _ = optimizer.step()
     if update_ok:
-        scheduler.step(increment=1)
+        scheduler.step(increment=schedule_increment)
     return _reduce_reports(reports), grad_norm, lr, update_ok
 
 
 @torch.no_grad()
-def evaluate(args, model, valid_sets: Dict[str, object], forward_backward) -> Dict[str, dict]:
+def evaluate(args, model, valid_sets: Dict[str, object], forward_backward, progress=None) -> Dict[str, dict]:
     """Validation statistics per validation set, each over its first ``--eval-iters`` global
-    batches (the same batches at every validation, so the curves are comparable)."""
+    batches (the same batches at every validation, so the curves are comparable).
+    ``progress(dataset, done, total)`` is called before the first batch and after each."""
     step_fn = partial(forward_step, LossDenominator(), args.mile_normalization)  # no gradients to scale
     for chunk in model:
         chunk.eval()
@@ -403,13 +472,17 @@ def evaluate(args, model, valid_sets: Dict[str, object], forward_backward) -> Di
     for name, dataset in valid_sets.items():
         batches = micro_batches(dataset, 0, args.micro_batch_size, num_workers=0)
         totals = []
-        for _ in range(args.eval_iters):
+        for done in range(args.eval_iters):
+            if progress is not None:
+                progress(name, done, args.eval_iters)
             with platform.cuda_to_cpu():
                 reports = forward_backward(
                     forward_step_func=step_fn, data_iterator=_per_chunk_data(model, batches), model=model,
                     num_microbatches=args.num_microbatches, seq_length=args.seq_length,
                     micro_batch_size=args.micro_batch_size, forward_only=True)
             totals.append(_reduce_reports(reports))
+        if progress is not None:
+            progress(name, args.eval_iters, args.eval_iters)
         results[name] = {k: sum(t[k] for t in totals) / len(totals) for k in totals[0]}
     for chunk in model:
         chunk.train()
@@ -461,6 +534,3 @@ def _per_chunk_data(model, batches):
         return batches
     return [batches if (unwrap_model(m).pre_process or unwrap_model(m).post_process) else None for m in model]
 
-
-if __name__ == "__main__":
-    main()

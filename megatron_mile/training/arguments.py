@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rampup-batch-size", nargs=3, type=int, default=None,
                    metavar=("START", "INCREMENT", "RAMP_SAMPLES"),
                    help="Grow the global batch from START by INCREMENT over RAMP_SAMPLES samples up to "
-                        "--global-batch-size (Megatron-LM's ramp; needs --train-samples).")
+                        "--global-batch-size (Megatron-LM's ramp).")
     g.add_argument("--seed", type=int, default=1234, help="Random seed.")
     g.add_argument("--bf16", action="store_true",
                    help="bf16 parameters and activations, fp32 master weights. The default with CUDA; "
@@ -308,11 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Do not save a checkpoint at the last iteration.")
 
     g = parser.add_argument_group("resume and preemption")
-    g.add_argument("--override-opt_param-scheduler", action="store_true",
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler", action="store_true",
                    help="On --load, take the learning-rate schedule from the flags, not the checkpoint "
                         "(without this or the next flag, a schedule that differs from the checkpoint's is "
                         "an error).")
-    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+    g.add_argument("--use-checkpoint-opt_param-scheduler", "--use-checkpoint-opt-param-scheduler",
+                   action="store_true",
                    help="On --load, keep the checkpoint's learning-rate schedule whatever the flags say.")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="On SIGTERM or SIGINT, finish the current iteration on every rank, save (with --save) "
@@ -480,10 +481,11 @@ def _fill_defaults(args: argparse.Namespace) -> None:
                 raise ConfigError(f"--lr-warmup-fraction must be in [0, 1), got {args.lr_warmup_fraction}")
             args.lr_warmup_samples = int(args.lr_warmup_fraction * args.lr_decay_samples)
     else:
+        # (--rampup-batch-size with --train-iters is allowed, unlike Megatron-LM's assertion, since
+        # its own GPT-3 example combines them; the schedule then stays in iterations.)
         for flag, value, default in (("--lr-decay-samples", args.lr_decay_samples, None),
                                      ("--lr-warmup-samples", args.lr_warmup_samples, 0),
-                                     ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples, None),
-                                     ("--rampup-batch-size", args.rampup_batch_size, None)):
+                                     ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples, None)):
             if value != default:
                 raise ConfigError(f"{flag} needs sample-based training (--train-samples instead of --train-iters)")
         if args.lr_decay_iters is None:
@@ -496,6 +498,8 @@ def _fill_defaults(args: argparse.Namespace) -> None:
             args.lr_warmup_iters = int(args.lr_warmup_fraction * args.lr_decay_iters)
     if args.tokenizer_type is None and args.mock_data:
         args.tokenizer_type = "NullTokenizer"
+    if args.tokenizer_type is None and args.vocab_file is not None and args.merge_file is not None:
+        args.tokenizer_type = "GPT2BPETokenizer"  # what Megatron-LM's GPT examples pass these files for
     if args.mock_data and args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         args.vocab_size = 512
 

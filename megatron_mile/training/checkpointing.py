@@ -15,8 +15,16 @@ be loaded into another TP/PP layout; the RNG states are restored only into the s
 
 A checkpoint is written into ``iter_N.tmp`` and renamed to ``iter_N`` by rank 0 when every rank
 has finished; only then is the tracker file replaced (atomically). A crash leaves at most a stale
-``.tmp`` directory, never a tracker pointing at a partial checkpoint. On multi-node runs ``--save``
-must be on a shared file system, as for Megatron-LM.
+``.tmp`` directory, never a tracker pointing at a partial checkpoint; loading ignores such
+directories and the next save removes them. On multi-node runs ``--save`` must be on a shared file
+system, as for Megatron-LM.
+
+Resuming checks, on every rank alike and before the collective load (so no rank waits for one that
+stopped): the files named by the checkpoint's metadata are there and whole
+(:class:`CheckpointError` names the directory, the iteration and the file; there is no fallback to
+an older checkpoint), the padded vocabulary (:func:`padded_vocab_size_for_resume`) and the
+learning-rate schedule (:func:`check_scheduler_state`, Megatron-LM's
+``--override-opt_param-scheduler`` / ``--use-checkpoint-opt_param-scheduler``).
 
 On CPU this needs two of ``megatron_mile.platform``'s measures (P2 for dist_checkpointing's
 ``torch.cuda.synchronize`` and the psutil guard); the formats are the same as on GPU.
@@ -28,8 +36,10 @@ checkpoint directory and its ``args.json``, whatever layout trained it.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -40,6 +50,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core.utils import unwrap_model
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -56,6 +67,10 @@ def checkpoint_name(save_dir: str, iteration: int) -> str:
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory that names a checkpoint which cannot be read (partial or corrupt)."""
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint and the flags disagree in a way training cannot continue from silently."""
 
 
 def read_latest_iteration(save_dir: str) -> Optional[int]:
@@ -163,6 +178,15 @@ def _args_to_json(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
+def remove_partial_checkpoints(save_dir: str) -> List[str]:
+    """Delete the ``iter_*.tmp`` directories under ``save_dir`` (saves that never finished: only
+    one save runs at a time). Returns what was removed."""
+    partial = sorted(glob.glob(os.path.join(glob.escape(save_dir), "iter_*.tmp")))
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
 def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, scheduler, args,
                     consumed_samples: int) -> str:
     """Write ``<save_dir>/iter_<iteration>`` (collective: every rank calls it). Returns the path."""
@@ -171,7 +195,7 @@ def save_checkpoint(save_dir: str, iteration: int, model_chunks, optimizer, sche
     rank = dist.get_rank()
     if rank == 0:
         os.makedirs(save_dir, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left over from a crashed save
+        remove_partial_checkpoints(save_dir)  # left over from a crashed or killed save
         os.makedirs(tmp)
     dist.barrier()
 
@@ -220,6 +244,113 @@ def _create_distributed_optimizer_state(optimizer) -> None:
             inner._init_optimizer_states_with_dummy_values()
 
 
+def _unreadable(load_dir: str, iteration: int, name: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"--load {load_dir}: checkpoint of iteration {iteration} is unreadable: "
+        f"{os.path.join(checkpoint_name(load_dir, iteration), name)}: {type(exc).__name__}: {exc} "
+        f"(truncated or corrupt; no older checkpoint is used in its place: point "
+        f"{TRACKER_FILE} at another iteration to resume from it)")
+
+
+def read_checkpoint_files(load_dir: str, iteration: int) -> tuple:
+    """``(common state, saved flags)`` of ``iter_<iteration>`` after checking that every file its
+    metadata names is readable and whole; :class:`CheckpointError` names the first that is not.
+    Reads metadata only (no tensors), no collective."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = checkpoint_name(load_dir, iteration)
+    for name in ("metadata.json", ARGS_FILE):
+        try:
+            with open(os.path.join(path, name)) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise _unreadable(load_dir, iteration, name, exc) from None
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as exc:
+        raise _unreadable(load_dir, iteration, ".metadata", exc) from None
+    needed = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        file = os.path.join(path, name)
+        have = os.path.getsize(file) if os.path.isfile(file) else None
+        if have is None or have < size:
+            found = "missing" if have is None else f"{have} bytes"
+            raise _unreadable(load_dir, iteration, name, EOFError(f"{found}, the metadata needs {size}"))
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as exc:  # noqa: BLE001 - torch.load's errors (zip, pickle, EOF) have no common base
+        raise _unreadable(load_dir, iteration, "common.pt", exc) from None
+    return common, saved
+
+
+def padded_vocab_size_for_resume(args: argparse.Namespace, vocab_size: int, padded: int) -> int:
+    """The padded vocabulary to build the model with when ``--load`` resumes a checkpoint.
+
+    ``padded`` is what this run's flags give (``vocab_size`` padded to a multiple of
+    ``--make-vocab-size-divisible-by`` x TP). The checkpoint's own padded size (in its
+    ``args.json``) wins when it differs, if it splits evenly over this run's TP size (padding rows
+    only have to divide by TP); otherwise :class:`ResumeMismatch`, before any process group."""
+    found = find_checkpoint(args.load)
+    if found.iteration is None:
+        return padded
+    _, saved = read_checkpoint_files(args.load, found.iteration)
+    saved_padded = saved.get("padded_vocab_size")
+    if saved_padded is None or saved_padded == padded:
+        return padded
+    tp = args.tensor_model_parallel_size
+    where = (f"--load {args.load}: the checkpoint of iteration {found.iteration} has a padded vocabulary of "
+             f"{saved_padded} rows (trained at TP {saved.get('tensor_model_parallel_size')})")
+    if saved_padded < vocab_size:
+        raise ResumeMismatch(f"{where}, fewer than this tokenizer's {vocab_size} tokens: it was trained with "
+                             f"another tokenizer or --vocab-size")
+    if saved_padded % tp:
+        fits = [n for n in range(1, saved_padded + 1) if saved_padded % n == 0 and n <= 64]
+        raise ResumeMismatch(f"{where}, which does not split over --tensor-model-parallel-size {tp} (this run "
+                             f"would pad {vocab_size} to {padded}); resume at a tensor-parallel size that divides "
+                             f"{saved_padded} ({', '.join(map(str, fits))})")
+    return saved_padded
+
+
+# The scheduler values Megatron-LM's OptimizerParamScheduler checks on load, and the flags behind them.
+SCHEDULER_FLAGS = {
+    "max_lr": "--lr",
+    "min_lr": "--min-lr",
+    "lr_warmup_steps": "--lr-warmup-iters / --lr-warmup-fraction",
+    "lr_decay_steps": "--lr-decay-iters, default --train-iters",
+    "lr_decay_style": "--lr-decay-style",
+    "start_wd": "--weight-decay",
+    "end_wd": "--weight-decay",
+    "wd_incr_steps": "--train-iters",
+    "wd_incr_style": "weight-decay increment style",
+}
+
+
+def check_scheduler_state(saved: dict, scheduler, args: argparse.Namespace, where: str) -> None:
+    """Megatron-LM's rule for the learning-rate schedule of a resumed run: the checkpoint's values
+    must equal the flags' unless ``--override-opt_param-scheduler`` (the flags win) or
+    ``--use-checkpoint-opt_param-scheduler`` (the checkpoint wins). Sets the scheduler's switches
+    for its ``load_state_dict``; raises :class:`ResumeMismatch` listing every mismatch otherwise.
+    ``wd_incr_steps`` is compared only for an increasing weight decay (it is unused when constant)."""
+    scheduler.override_opt_param_scheduler = args.override_opt_param_scheduler
+    scheduler.use_checkpoint_opt_param_scheduler = not args.override_opt_param_scheduler
+    if args.override_opt_param_scheduler or args.use_checkpoint_opt_param_scheduler:
+        return
+    current = scheduler.state_dict()
+    constant_wd = saved.get("wd_incr_style") == current["wd_incr_style"] == "constant"
+    mismatches = [
+        f"{name} {saved[name]!r} in the checkpoint vs {current[name]!r} from the flags ({flag})"
+        for name, flag in SCHEDULER_FLAGS.items()
+        if name in saved and saved[name] != current[name] and not (name == "wd_incr_steps" and constant_wd)
+    ]
+    if mismatches:
+        raise ResumeMismatch(
+            f"{where}: the learning-rate schedule differs from the checkpoint's: {'; '.join(mismatches)}. "
+            f"Add --override-opt_param-scheduler to train on with the flags' schedule, or "
+            f"--use-checkpoint-opt_param-scheduler to keep the checkpoint's")
+
+
 def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> LoadedState:
     """Resume from the latest checkpoint in ``load_dir`` (collective). With ``--finetune`` only the
     model is loaded and training starts at iteration 0; ``--no-load-optim`` / ``--no-load-rng``
@@ -228,10 +359,20 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> 
     if iteration is None:
         raise CheckpointError(f"--load {load_dir}: no checkpoint there ({TRACKER_FILE} not found)")
     path = checkpoint_name(load_dir, iteration)
-    common = dist_checkpointing.load_common_state_dict(path)
+    common, _ = read_checkpoint_files(load_dir, iteration)
     same_layout = tuple(common.get("layout", ())) == _layout()
-    load_optim = optimizer is not None and not (args.no_load_optim or args.finetune)
-    load_rng = not (args.no_load_rng or args.finetune) and same_layout
+    # Model weights only (mile-import-hf writes no optimizer state): as Megatron-LM's converted
+    # "release" checkpoints, the optimizer, its schedule and the RNG start afresh.
+    weights_only = "optimizer" not in common
+    if weights_only and optimizer is not None and dist.get_rank() == 0:
+        print(f"> {path} holds model weights only (no optimizer state): the optimizer, learning-rate "
+              f"schedule and RNG start afresh", flush=True)
+    load_optim = optimizer is not None and not (args.no_load_optim or args.finetune or weights_only)
+    load_rng = not (args.no_load_rng or args.finetune or weights_only) and same_layout
+    load_scheduler = load_optim and scheduler is not None and common.get("opt_param_scheduler") is not None
+    if load_scheduler:  # every rank decides alike, before the collective load
+        check_scheduler_state(common["opt_param_scheduler"], scheduler, args,
+                              f"--load {load_dir} (iteration {iteration})")
 
     state = _model_state(model_chunks)
     if load_optim:
@@ -239,7 +380,10 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> 
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIMIZER_METADATA)
     if load_rng:
         state["rng_state"] = _rng_state()
-    loaded = dist_checkpointing.load(state, path)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except (EOFError, OSError, pickle.UnpicklingError, CheckpointException) as exc:
+        raise _unreadable(load_dir, iteration, "*.distcp", exc) from None
 
     chunks = unwrap_model(model_chunks)
     for i, chunk in enumerate(chunks):
@@ -247,7 +391,7 @@ def load_checkpoint(load_dir: str, model_chunks, optimizer, scheduler, args) -> 
     if load_optim:
         with torch.no_grad():  # fp32 optimizers copy in place into views of the parameters
             optimizer.load_state_dict(loaded["optimizer"])
-        if scheduler is not None and loaded.get("opt_param_scheduler") is not None:
+        if load_scheduler:
             scheduler.load_state_dict(loaded["opt_param_scheduler"])
     elif optimizer is not None:
         optimizer.reload_model_params()  # fp32 master copies of the freshly loaded bf16 weights
