@@ -23,8 +23,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch.multiprocessing as mp
 
-from megatron_mile.training.distributed import free_port
-
 
 class RankError(RuntimeError):
     """A function run by :class:`DistributedPool` failed (or hung) on at least one rank."""
@@ -84,6 +82,9 @@ class DistributedPool:
         self._conns: list = []
 
     def _start(self) -> None:
+        # Imported here: the harness itself stays importable without the training stack.
+        from megatron_mile.training.distributed import free_port
+
         ctx = mp.get_context("spawn")
         port = free_port()
         for rank in range(self.world_size):
