@@ -198,6 +198,7 @@ def test_multiple_choice_accuracy_and_stderr():
         sample_std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
         assert math.isclose(got[key + "_stderr"], sample_std / math.sqrt(n))
     assert got["num_items"] == 9 and math.isclose(got["chance"], 1 / 3)
+    assert got["correct"] == correct and got["correct_norm"] == correct_norm
 
 
 def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len=1):

@@ -238,8 +238,9 @@ def _mean_and_stderr(values: Sequence[float]) -> Tuple[float, float]:
 def evaluate_multiple_choice(scorer: LoglikelihoodScorer, items: Sequence[MultipleChoiceItem],
                              target_delimiter: str = " ", log: Optional[Callable[[str], None]] = None) -> dict:
     """``acc`` (highest log-likelihood) and ``acc_norm`` (per character of the choice) with their
-    standard errors, as lm-evaluation-harness reports them; each choice is scored as the
-    continuation ``target_delimiter + choice`` of the item's context."""
+    standard errors, as lm-evaluation-harness reports them, and per item ``correct`` /
+    ``correct_norm`` (1.0 or 0.0, in item order: paired comparisons of runs); each choice is scored
+    as the continuation ``target_delimiter + choice`` of the item's context."""
     pairs, owners = [], []
     for index, item in enumerate(items):
         for choice in item.choices:
@@ -270,7 +271,7 @@ def evaluate_multiple_choice(scorer: LoglikelihoodScorer, items: Sequence[Multip
     acc_norm, acc_norm_stderr = _mean_and_stderr(correct_norm)
     chance = sum(1.0 / len(item.choices) for item in items) / len(items)
     return dict(acc=acc, acc_stderr=acc_stderr, acc_norm=acc_norm, acc_norm_stderr=acc_norm_stderr,
-                chance=chance, num_items=len(items))
+                chance=chance, num_items=len(items), correct=correct, correct_norm=correct_norm)
 
 
 def continuation_choice_items(documents: Sequence[str], num_items: int, context_words: int = 24,
