@@ -234,7 +234,10 @@ _SP_NORMALIZERS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 def _sentencepiece_cuts_exact(sp) -> bool:
     """Whether the model provably encodes a text as the concatenation of its safe pieces.
 
-    It must split words at whitespace with the space as a prefix, so no piece spans a cut; a
+    It must be a BPE (or word/char) model: a unigram model's Viterbi search sums scores over the
+    whole text, and the floating-point rounding of that sum breaks near-ties differently when the
+    text is cut (measured: a run of dashes segmented differently). It must split words at
+    whitespace with the space as a prefix, so no piece spans a cut; a
     piece's leading space must become exactly the one "▁" it is in the whole text (the space
     is stripped and the dummy prefix added back, or kept and no dummy prefix added); and no
     user-defined symbol may contain whitespace."""
@@ -245,7 +248,9 @@ def _sentencepiece_cuts_exact(sp) -> bool:
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sp.serialized_model_proto())
     norm, trainer = proto.normalizer_spec, proto.trainer_spec
-    if (not trainer.split_by_whitespace or trainer.treat_whitespace_as_suffix
+    model_type = sentencepiece_model_pb2.TrainerSpec
+    if (trainer.model_type not in (model_type.BPE, model_type.WORD, model_type.CHAR)
+            or not trainer.split_by_whitespace or trainer.treat_whitespace_as_suffix
             or norm.name not in _SP_NORMALIZERS
             or (norm.add_dummy_prefix and not norm.remove_extra_whitespaces)):
         return False
