@@ -451,6 +451,79 @@ def test_pile_pretrain_needs_the_blend(tmp_path):
     assert proc.returncode == 1 and "blend_pile.sh" in proc.stderr
 
 
+# --- replicate_small.sh (issue 18's study) ------------------------------------------------------
+
+REPLICATE = EXAMPLES / "replicate_small.sh"
+
+
+def _replicate_commands(env: dict) -> dict:
+    """The dry run's commands by program: each parsed by that program's own parser."""
+    from megatron_mile.analysis import frequency, replication
+    from megatron_mile.evaluation import downstream, surprisal_evaluator
+
+    parsers = {"tools/token_frequency.py": frequency.build_parser(),
+               "tools/eval_surprisal.py": surprisal_evaluator.build_parser(),
+               "tools/make_choice_task.py": downstream.build_task_parser(),
+               "tools/eval_downstream.py": downstream.build_parser(),
+               "megatron_mile.analysis.replication": replication.build_parser()}
+    out: dict = {}
+    for words in printed_commands(run_script(REPLICATE, env=env)):
+        if words[0] != "python":
+            continue
+        program, argv = (words[2], words[3:]) if words[1] == "-m" else (words[1], words[2:])
+        if program == "megatron_mile.pretrain_gpt":
+            parsed = arguments.parse_args(argv)
+        elif program in parsers:
+            parsed = parsers[program].parse_args(argv)
+        else:
+            continue
+        out.setdefault(program, []).append(parsed)
+    return out
+
+
+def test_replicate_small_trains_every_loss_with_every_seed_on_the_same_data(tmp_path):
+    cmds = _replicate_commands({"WORK": str(tmp_path)})
+    runs = cmds["megatron_mile.pretrain_gpt"]
+    expected = {("cross_entropy", None, None), ("focal", 1.0, None), ("mile", 0.5, 1.0), ("mile", 1.0, 1.0),
+                ("mile", 2.0, 1.0)}
+    for seed in (1, 2, 3):
+        same_seed = [a for a in runs if a.seed == seed]
+        got = {(a.loss, {"focal": a.focal_gamma, "mile": a.mile_gamma}.get(a.loss),
+                a.mile_sigma if a.loss == "mile" else None) for a in same_seed}
+        assert got == expected and len(same_seed) == 5
+        # A seed fixes the data order: every loss of a seed reads the same data, split and batches.
+        assert len({(tuple(a.data_path), a.split, a.train_iters, a.global_batch_size, a.num_layers,
+                     a.hidden_size) for a in same_seed}) == 1
+    assert len(runs) == 15 and {a.save.rsplit("/", 1)[1] for a in runs} >= {"ce-s1", "mile0.5-s3", "focal1-s2"}
+    (store,) = cmds["tools/eval_surprisal.py"]
+    assert len(store.run) == 15 and store.iterations == [runs[0].train_iters] and store.split_name == "valid"
+    assert len(cmds["tools/eval_downstream.py"]) == 15
+    (stats,) = cmds["megatron_mile.analysis.replication"]
+    assert stats.baseline == "ce" and stats.variants == ["focal1", "mile0.5", "mile1", "mile2"]
+    assert stats.seeds == [1, 2, 3]
+    (freq,) = cmds["tools/token_frequency.py"]
+    assert freq.split_name == "train" and freq.split == runs[0].split
+
+
+def test_replicate_small_gpu_preset_reads_the_pile_blend(tmp_path):
+    (tmp_path / "pile_train_blend.txt").write_text("0.7 /pile/pile_train_Pile-CC_text_document "
+                                                   "0.3 /pile/pile_train_ArXiv_text_document\n")
+    cmds = _replicate_commands({"WORK": str(tmp_path / "w"), "PRESET": "gpu", "PILE_DIR": str(tmp_path),
+                                "SEEDS": "1 2 3"})
+    runs = cmds["megatron_mile.pretrain_gpt"]
+    a = runs[0]
+    assert (a.num_layers, a.hidden_size, a.ffn_hidden_size, a.num_attention_heads, a.seq_length) == \
+        (12, 768, 2048, 12, 1024)
+    assert a.bf16 and a.global_batch_size * a.seq_length * a.train_iters == pytest.approx(2.0e9, rel=1e-3)
+    assert a.data_path == ["0.7", "/pile/pile_train_Pile-CC_text_document", "0.3",
+                           "/pile/pile_train_ArXiv_text_document"]
+    assert a.tokenizer_model == str(tmp_path / "tokenizer/pile_bpe32k.model") and len(runs) == 15
+    (store,) = cmds["tools/eval_surprisal.py"]
+    assert store.data_path == ["/pile/pile_train_Pile-CC_text_document", "/pile/pile_train_ArXiv_text_document"]
+    proc = run_script(REPLICATE, env={"PRESET": "gpu", "PILE_DIR": str(tmp_path / "none")}, check=False)
+    assert proc.returncode == 1 and "blend_pile.sh" in proc.stderr
+
+
 # --- docker/ -----------------------------------------------------------------------------------
 
 def test_dockerfile_copies_only_what_the_build_context_sends():
