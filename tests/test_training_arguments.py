@@ -52,7 +52,44 @@ def test_weighted_blend_and_split_parse(tmp_path):
     argv = [a for a in TINY if a != "--mock-data"]
     args = parse_args(argv + ["--data-path", "0.3", "a", "0.7", "b", "--tokenizer-type", "NullTokenizer",
                               "--vocab-size", "100", "--split", "98,2,0"])
-    assert args.data_path == ["0.3", "a", "0.7", "b"]
+    assert args.data_path == ["0.3", os.path.abspath("a"), "0.7", os.path.abspath("b")]
+
+
+def test_bad_values_are_one_line_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        args_of("--mile-sigma -1 --loss mile")
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "mile-pretrain: error: argument --mile-sigma: must be >= 0, got '-1' (see --help)"]
+
+
+@pytest.mark.parametrize("blend", [["a"], ["a", "b"], ["a", "b", "c"], ["30", "a", "70", "b"], ["1", "a"],
+                                   ["0.5", "x/y", "2e-1", "z"]])
+def test_blend_rule_is_megatrons(blend):
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    from megatron_mile.training.arguments import split_blend
+
+    prefixes, weights = split_blend(blend)
+    assert (prefixes, weights) == tuple(get_blend_from_list(blend))
+
+
+def test_paths_stored_with_a_checkpoint_are_absolute(tmp_path, monkeypatch):
+    """args.json holds the parsed flags: tokenizer files, data prefixes and the index cache are made
+    absolute when parsed, so tools reading a checkpoint work from any directory."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in TINY if a != "--mock-data"]
+    args = parse_args(argv + ["--train-data-path", "2", "data/a", "1", "data/b", "--valid-data-path", "data/c",
+                              "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "tok/vocab.json",
+                              "--merge-file", "../merges.txt", "--data-cache-path", "cache"])
+    assert args.train_data_path == ["2", str(tmp_path / "data/a"), "1", str(tmp_path / "data/b")]
+    assert args.valid_data_path == [str(tmp_path / "data/c")]
+    assert args.vocab_file == str(tmp_path / "tok/vocab.json")
+    assert args.merge_file == str(tmp_path.parent / "merges.txt")
+    assert args.data_cache_path == str(tmp_path / "cache")
+    sp = parse_args(argv + ["--data-path", "d", "--tokenizer-type", "SentencePieceTokenizer",
+                            "--tokenizer-model", "t.model"])
+    assert sp.tokenizer_model == str(tmp_path / "t.model") and sp.data_path == [str(tmp_path / "d")]
 
 
 @pytest.mark.parametrize("extra, world, message", [
@@ -64,7 +101,6 @@ def test_weighted_blend_and_split_parse(tmp_path):
      "interleaved schedule needs micro-batches per step (3) to be a multiple"),
     ("--pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 3", None, "layers per pipeline stage (2)"),
     ("--save-interval 5", None, "need --save DIR"),
-    ("--mile-sigma -1 --loss mile", None, "mile_sigma must be >= 0"),
     ("--sequence-parallel --tensor-model-parallel-size 2", None, "transformer_engine"),
 ])
 def test_inconsistent_flags_are_rejected(extra, world, message):
@@ -135,7 +171,7 @@ def test_precision_defaults_to_bf16_on_gpu_only(extra, cuda, expected):
 
 
 def test_bf16_and_fp32_exclude_each_other():
-    with pytest.raises(ConfigError, match="at most one of --bf16 and --fp32"):
+    with pytest.raises(ConfigError, match="at most one of --bf16, --fp16 and --fp32"):
         args_of("--bf16 --fp32")
 
 

@@ -659,13 +659,15 @@ def validate_args(args: argparse.Namespace) -> None:
         need(decay > 0, f"--lr-decay-{unit} must be positive")
         warmup_source = ("--lr-warmup-fraction " + str(args.lr_warmup_fraction)
                          if args.lr_warmup_fraction is not None else f"--lr-warmup-{unit}")
+        word = "samples" if unit == "samples" else "iterations"
         need(warmup < decay,
-             f"warmup {unit} ({warmup}, {warmup_source}) must be fewer than the decay "
-             f"{unit} ({decay}, --lr-decay-{unit}, default --train-{unit})")
+             f"warmup {word} ({warmup}, {warmup_source}) must be fewer than the decay "
+             f"{word} ({decay}, --lr-decay-{unit}, default --train-{unit})")
     if args.lr_decay_style == "WSD":
         need(wsd_decay is not None, f"--lr-decay-style WSD needs --lr-wsd-decay-{unit}")
         need(0 < wsd_decay <= decay or total == 0,
-             f"--lr-wsd-decay-{unit} ({wsd_decay}) must be in [1, decay {unit} ({decay})]")
+             f"--lr-wsd-decay-{unit} ({wsd_decay}) must be in [1, decay "
+             f"{'samples' if unit == 'samples' else 'iterations'} ({decay})]")
     need(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     need(args.clip_grad >= 0, "--clip-grad must be >= 0")
     need(0 <= args.hidden_dropout < 1 and 0 <= args.attention_dropout < 1, "dropout must be in [0, 1)")
@@ -757,7 +759,8 @@ def validate_runtime(args: argparse.Namespace, world_size: int) -> None:
             batches += list(range(args.rampup_batch_size[0], args.global_batch_size, args.rampup_batch_size[1]))
         counts = sorted({b // (args.micro_batch_size * dp) for b in batches})
         need(all(c % pp == 0 for c in counts),
-             f"the interleaved schedule needs micro-batches per step ({counts}) to be a "
+             f"the interleaved schedule needs micro-batches per step ({counts[0] if len(counts) == 1 else counts}) "
+             f"to be a "
              f"multiple of --pipeline-model-parallel-size ({pp})")
 
     has_cuda = cuda_available()
@@ -914,7 +917,10 @@ def transformer_config_from_args(args: argparse.Namespace):
         pipeline_dtype=dtype,
         bf16=args.bf16,
         fp16=args.fp16,
-        attention_backend=AttnBackend[args.attention_backend],
+        # transformer-engine's attention reads it (megatron-core exports it as NVTE_* variables,
+        # asserting they do not change within a process); the local spec's choice is its
+        # core_attention class (model.gpt_layer_spec), so there the default stays.
+        attention_backend=AttnBackend[args.attention_backend] if use_te else AttnBackend.auto,
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,

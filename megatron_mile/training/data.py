@@ -201,12 +201,14 @@ class TokenIdGuard(torch.utils.data.Dataset):
         return sample
 
 
-def _config(args, tokenizer, blend) -> GPTDatasetConfig:
+def _config(args, tokenizer, blend, blend_per_split=None) -> GPTDatasetConfig:
+    """``blend`` split by ``--split``, or ``blend_per_split`` (train, valid, test) used whole."""
     return GPTDatasetConfig(
         random_seed=args.seed,
         sequence_length=args.seq_length,
         blend=blend,
-        split=args.split,
+        blend_per_split=blend_per_split,
+        split=args.split if blend_per_split is None else None,
         path_to_cache=args.data_cache_path,
         tokenizer=tokenizer,
         reset_position_ids=args.reset_position_ids,
@@ -254,20 +256,26 @@ def build_datasets(args, tokenizer) -> TrainingDatasets:
         train, valid, _ = builder.build()
         return TrainingDatasets(train, {BLEND: valid} if valid_samples else {})
 
-    blend = get_blend_from_list(args.data_path)
-    builder = BlendedMegatronDatasetBuilder(
-        GPTDataset, [train_samples, valid_samples, 0], _needs_data, _config(args, tokenizer, blend))
-    prefixes = blend[0]
+    if args.data_path:
+        blend = get_blend_from_list(args.data_path)
+        config, prefixes, valid_prefixes = _config(args, tokenizer, blend), blend[0], blend[0]
+    else:  # --train-data-path / --valid-data-path / --test-data-path: one blend per split, used whole
+        per_split = [get_blend_from_list(getattr(args, f"{split}_data_path") or None)
+                     for split in ("train", "valid", "test")]
+        config = _config(args, tokenizer, None, blend_per_split=per_split)
+        prefixes, valid_prefixes = [(blend or ([], None))[0] for blend in per_split[:2]]
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, 0], _needs_data, config)
 
     def guard(dataset, names):
         return None if dataset is None else TokenIdGuard(dataset, tokenizer.vocab_size, names)
 
     train, valid, _ = builder.build()
-    datasets = TrainingDatasets(guard(train, prefixes), {BLEND: guard(valid, prefixes)} if valid_samples else {})
-    if valid_samples and len(prefixes) > 1:
-        for name, prefix in zip(dataset_names(prefixes), prefixes):
-            one = BlendedMegatronDatasetBuilder(
-                GPTDataset, [0, valid_samples, 0], _needs_data, _config(args, tokenizer, ([prefix], None)))
+    datasets = TrainingDatasets(guard(train, prefixes), {BLEND: guard(valid, valid_prefixes)} if valid_samples else {})
+    if valid_samples and len(valid_prefixes) > 1:
+        for name, prefix in zip(dataset_names(valid_prefixes), valid_prefixes):
+            one_config = (_config(args, tokenizer, ([prefix], None)) if args.data_path else
+                          _config(args, tokenizer, None, blend_per_split=[None, ([prefix], None), None]))
+            one = BlendedMegatronDatasetBuilder(GPTDataset, [0, valid_samples, 0], _needs_data, one_config)
             datasets.valid[name] = guard(one.build()[1], [prefix])
     return datasets
 
