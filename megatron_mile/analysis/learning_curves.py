@@ -281,8 +281,9 @@ def compute_curve_metrics(steps: Sequence[int], surprisal: np.ndarray, chance: f
     if not np.all(np.isfinite(surprisal)):
         raise ValueError("surprisal has non-finite values")
     if reference:
-        return _reference_curve_metrics(steps, surprisal, chance, smoothing, final_window, block_tokens)
-    smoother = CurveSmoother(steps, smoothing)
+        smoothed_statistics, description = _reference_smoothed_statistics(steps, chance, smoothing)
+    else:
+        smoothed_statistics, description = _project_smoothed_statistics(steps, chance, smoothing, min_drop)
     n = surprisal.shape[1]
     out = {k: np.empty(n) for k in ("final", "var", "aoa", "forget", "min")}
     acquired, censored = np.empty(n, bool), np.empty(n, bool)
@@ -292,46 +293,47 @@ def compute_curve_metrics(steps: Sequence[int], surprisal: np.ndarray, chance: f
         last = raw[-final_window:]
         out["final"][s:e] = last.mean(0)
         out["var"][s:e] = last.std(0)
+        (out["aoa"][s:e], out["min"][s:e], acquired[s:e], censored[s:e],
+         out["forget"][s:e]) = smoothed_statistics(raw)
+    return CurveMetrics(final_surprisal=out["final"], within_run_variability=out["var"], aoa=out["aoa"],
+                        acquired=acquired, aoa_censored=censored, forgettability=out["forget"],
+                        minimum=out["min"], steps=np.asarray(steps), chance_bits=float(chance),
+                        final_window=final_window, min_drop=min_drop, smoothing=description,
+                        definitions=definitions)
+
+
+def _project_smoothed_statistics(steps, chance, smoothing, min_drop):
+    """``(raw [C, n] -> (aoa, minimum, acquired, censored, forgettability), smoothing description)``
+    with the project's definitions (module docstring)."""
+    smoother = CurveSmoother(steps, smoothing)
+
+    def statistics(raw):
         smooth = smoother.smooth(raw)
         minimum = smooth.min(0)
         ok = minimum < chance - min_drop if min_drop > 0 else minimum < chance
         aoa, cens = _first_crossing(smoother.grid, smooth, 0.5 * (chance + minimum))
-        out["aoa"][s:e] = np.where(ok, aoa, np.nan)
-        acquired[s:e], censored[s:e] = ok, cens & ok
-        out["forget"][s:e] = np.maximum(np.diff(smooth, axis=0), 0.0).sum(0)
-        out["min"][s:e] = minimum
-    return CurveMetrics(final_surprisal=out["final"], within_run_variability=out["var"], aoa=out["aoa"],
-                        acquired=acquired, aoa_censored=censored, forgettability=out["forget"],
-                        minimum=out["min"], steps=np.asarray(steps), chance_bits=float(chance),
-                        final_window=final_window, min_drop=min_drop, smoothing=smoother.describe())
+        forget = np.maximum(np.diff(smooth, axis=0), 0.0).sum(0)
+        return np.where(ok, aoa, np.nan), minimum, ok, cens & ok, forget
+
+    return statistics, smoother.describe()
 
 
-def _reference_curve_metrics(steps, surprisal, chance, smoothing, final_window, block_tokens) -> CurveMetrics:
-    """``compute_curve_metrics(..., definitions="reference")``, arguments already checked."""
+def _reference_smoothed_statistics(steps, chance, smoothing):
+    """As :func:`_project_smoothed_statistics`, with the reference code's definitions: a leading
+    step 0 left out, AoA on a 1000-point grid, forgettability at the checkpoints."""
     smoothed_steps, _ = _drop_step_zero(steps)
     skip = len(steps) - len(smoothed_steps)
     x = _log_steps(smoothed_steps)
     at_checkpoints = CurveSmoother(smoothed_steps, smoothing, grid=x)
     aoa_grid = np.linspace(x[0], x[-1], REFERENCE_AOA_GRID_POINTS)
     on_aoa_grid = CurveSmoother(smoothed_steps, smoothing, grid=aoa_grid)
-    n = surprisal.shape[1]
-    out = {k: np.empty(n) for k in ("final", "var", "aoa", "forget", "min")}
-    acquired, censored = np.empty(n, bool), np.empty(n, bool)
-    for s in range(0, n, block_tokens):
-        e = min(n, s + block_tokens)
-        raw = surprisal[:, s:e].astype(np.float64)
-        last = raw[-final_window:]
-        out["final"][s:e] = last.mean(0)
-        out["var"][s:e] = last.std(0)
+
+    def statistics(raw):
         aoa, minimum, ok, cens = _reference_first_crossing(aoa_grid, on_aoa_grid.smooth(raw[skip:]), chance)
-        out["aoa"][s:e], out["min"][s:e], acquired[s:e], censored[s:e] = aoa, minimum, ok, cens
-        out["forget"][s:e] = np.maximum(np.diff(at_checkpoints.smooth(raw[skip:]), axis=0), 0.0).sum(0)
-    return CurveMetrics(final_surprisal=out["final"], within_run_variability=out["var"], aoa=out["aoa"],
-                        acquired=acquired, aoa_censored=censored, forgettability=out["forget"],
-                        minimum=out["min"], steps=np.asarray(steps), chance_bits=float(chance),
-                        final_window=final_window, min_drop=0.0,
-                        smoothing={**on_aoa_grid.describe(), "aoa_grid_points": REFERENCE_AOA_GRID_POINTS},
-                        definitions="reference")
+        forget = np.maximum(np.diff(at_checkpoints.smooth(raw[skip:]), axis=0), 0.0).sum(0)
+        return aoa, minimum, ok, cens, forget
+
+    return statistics, {**on_aoa_grid.describe(), "aoa_grid_points": REFERENCE_AOA_GRID_POINTS}
 
 
 def cross_run_variability(runs: Sequence[tuple], smoothing: SmoothingConfig = SmoothingConfig(),
