@@ -17,6 +17,8 @@ DRY_RUN=${DRY_RUN:-0}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR source=configs/run_cmd.sh
 source "${REPO}/examples/configs/run_cmd.sh"
+# shellcheck source-path=SCRIPTDIR source=configs/real_text_data.sh
+source "${REPO}/examples/configs/real_text_data.sh"
 
 : "${WORK:=/tmp/mile_analysis_walkthrough}"
 : "${FIGURES:=${WORK}/figures}"
@@ -48,9 +50,6 @@ source "${REPO}/examples/configs/run_cmd.sh"
 # Downstream: a 4-way continuation cloze of this many items from the held-out documents.
 : "${CLOZE_ITEMS:=400}"
 
-DATA="${WORK}/data/corpus"
-DATA_MANIFEST="${WORK}/data/mile-manifests/corpus.json"  # what mile-preprocess writes for DATA
-SPM="${WORK}/spm${VOCAB}"
 STORE="${WORK}/surprisal"
 REPORT="${WORK}/report"
 cd "${REPO}"
@@ -65,29 +64,8 @@ short_name() {  # cross_entropy -> ce
     esac
 }
 
-# 1. Real text and a tokenizer for it.
-if [[ ! -f "${WORK}/corpus.jsonl" ]]; then
-    run_cmd "${PYTHON}" -m megatron_mile.data.corpus --output "${WORK}/corpus.jsonl" --min-mb "${CORPUS_MB}"
-fi
-if [[ ! -f "${SPM}.model" ]]; then
-    run_cmd "${PYTHON}" -m megatron_mile.data.train_tokenizer --input "${WORK}/corpus.jsonl" \
-        --model-prefix "${SPM}" --vocab-size "${VOCAB}"
-fi
-
-# 2. One indexed dataset per domain (as for the Pile's pile_set_name).
-if [[ ! -f "${DATA_MANIFEST}" ]]; then
-    run_cmd "${PYTHON}" -m megatron_mile.data.preprocess --input "${WORK}/corpus.jsonl" \
-        --tokenizer-type SentencePieceTokenizer --tokenizer-model "${SPM}.model" --append-eod \
-        --split-by meta.pile_set_name --output-prefix "${DATA}" --quiet
-fi
-DATASETS=()
-if [[ "${DRY_RUN}" != 1 ]]; then
-    for idx in "${DATA}"_*_text_document.idx; do
-        DATASETS+=("${idx%.idx}")
-    done
-else
-    DATASETS=("${DATA}_DOMAIN_text_document")
-fi
+# 1-2. Real text, a tokenizer for it, one indexed dataset per domain (as for the Pile's pile_set_name).
+prepare_real_text_data
 
 # 3. Training-frequency counts: the documents of the training split only.
 run_cmd "${PYTHON}" tools/token_frequency.py --data-path "${DATASETS[@]}" --split "${SPLIT}" --split-name train \
@@ -117,7 +95,7 @@ for loss in ${LOSSES}; do
             --lr-decay-style cosine --lr-warmup-iters 16 --weight-decay 0.1 --adam-beta2 0.95 \
             --seed "${seed}" --loss "${loss}" \
             --data-path "${DATASETS[@]}" --split "${SPLIT}" --data-cache-path "${WORK}/cache" \
-            --tokenizer-type SentencePieceTokenizer --tokenizer-model "${SPM}.model" --num-workers 0 \
+            --tokenizer-type SentencePieceTokenizer --tokenizer-model "${TOKENIZER_MODEL}" --num-workers 0 \
             --eval-iters 0 --log-interval 32 \
             --save "${save}" --save-interval "${SAVE_INTERVAL}" \
             --save-schedule exp --save-exp-per-doubling "${SAVES_PER_DOUBLING}"
@@ -147,7 +125,7 @@ run_cmd "${PYTHON}" tools/learning_curves.py --store "${STORE}" --frequency "${W
 
 # 7. Downstream: the cloze, scored zero-shot (log-likelihood) by every run's last checkpoint.
 run_cmd "${PYTHON}" tools/make_choice_task.py --data-path "${DATASETS[@]}" --split "${SPLIT}" --split-name valid \
-    --tokenizer-type SentencePieceTokenizer --tokenizer-model "${SPM}.model" --num-items "${CLOZE_ITEMS}" \
+    --tokenizer-type SentencePieceTokenizer --tokenizer-model "${TOKENIZER_MODEL}" --num-items "${CLOZE_ITEMS}" \
     --output "${REPORT}/cloze.jsonl"
 for name in "${RUNS[@]}"; do
     run_cmd "${PYTHON}" tools/eval_downstream.py --load "${WORK}/checkpoints/${name}" \

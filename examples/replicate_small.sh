@@ -20,6 +20,8 @@ DRY_RUN=${DRY_RUN:-0}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source-path=SCRIPTDIR source=configs/run_cmd.sh
 source "${REPO}/examples/configs/run_cmd.sh"
+# shellcheck source-path=SCRIPTDIR source=configs/real_text_data.sh
+source "${REPO}/examples/configs/real_text_data.sh"
 
 # --- the study ---------------------------------------------------------------------------------
 : "${PRESET:=cpu}"          # cpu: the default study, sized for 2 CPU cores; gpu: ~125M on the Pile
@@ -86,29 +88,7 @@ fi
 
 # --- 1. data -------------------------------------------------------------------------------------
 if [[ "${PRESET}" == cpu ]]; then
-    DATA="${WORK}/data/corpus"
-    DATA_MANIFEST="${WORK}/data/mile-manifests/corpus.json"  # what mile-preprocess writes for DATA
-    TOKENIZER_MODEL="${WORK}/spm${VOCAB}.model"
-    if [[ ! -f "${WORK}/corpus.jsonl" ]]; then
-        run_cmd "${PYTHON}" -m megatron_mile.data.corpus --output "${WORK}/corpus.jsonl" --min-mb "${CORPUS_MB}"
-    fi
-    if [[ ! -f "${TOKENIZER_MODEL}" ]]; then
-        run_cmd "${PYTHON}" -m megatron_mile.data.train_tokenizer --input "${WORK}/corpus.jsonl" \
-            --model-prefix "${TOKENIZER_MODEL%.model}" --vocab-size "${VOCAB}"
-    fi
-    if [[ ! -f "${DATA_MANIFEST}" ]]; then
-        run_cmd "${PYTHON}" -m megatron_mile.data.preprocess --input "${WORK}/corpus.jsonl" \
-            --tokenizer-type SentencePieceTokenizer --tokenizer-model "${TOKENIZER_MODEL}" --append-eod \
-            --split-by meta.pile_set_name --output-prefix "${DATA}" --quiet
-    fi
-    DATASETS=()
-    if [[ "${DRY_RUN}" != 1 ]]; then
-        for idx in "${DATA}"_*_text_document.idx; do
-            DATASETS+=("${idx%.idx}")
-        done
-    else
-        DATASETS=("${DATA}_DOMAIN_text_document")
-    fi
+    prepare_real_text_data
     TRAIN_DATA=("${DATASETS[@]}")
 else
     DATA_MANIFEST="${PILE_DIR}/mile-manifests/pile_train.json"
