@@ -140,6 +140,8 @@ class MileGPTModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.token_statistics: Optional[TokenStatistics] = None
+        # Cost rows frozen by the loss (EMO's initial or checkpoint cost), this rank's [V/tp, h].
+        self.frozen_output_weight: Optional[torch.Tensor] = None
         self._loss_mask: Optional[torch.Tensor] = None
 
     def forward(self, *args, loss_mask: Optional[torch.Tensor] = None, **kwargs):
@@ -149,11 +151,24 @@ class MileGPTModel(GPTModel):
         finally:
             self._loss_mask = None
 
+    def prepare_loss(self) -> None:
+        """Let the loss take what it needs from the freshly initialised model (before a checkpoint is
+        loaded); on the chunk that computes the loss only."""
+        if self.post_process:
+            get_loss(self.loss_config.loss).prepare(self.loss_config, self)
+
     def output_weight(self) -> torch.Tensor:
         """This rank's ``[V/tp, h]`` rows of the output layer (the word embeddings when tied)."""
         if self.share_embeddings_and_output_weights:
             return self.shared_embedding_or_output_weight()
         return self.output_layer.weight
+
+    def _cost_weight(self, device) -> torch.Tensor:
+        if self.frozen_output_weight is None:
+            return self.output_weight()
+        if self.frozen_output_weight.device != device:
+            self.frozen_output_weight = self.frozen_output_weight.to(device)
+        return self.frozen_output_weight
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Per-token loss as ``[b, s]`` (``w * ce`` for the weighted cross entropies) from labels
@@ -163,7 +178,7 @@ class MileGPTModel(GPTModel):
         loss = get_loss(self.loss_config.loss)
         terms = loss.language_model_loss(self.loss_config, logits, labels, tp_group=self.pg_collection.tp,
                                          loss_mask=loss_mask, dp_group=self.pg_collection.dp_cp,
-                                         output_weight=self.output_weight())
+                                         output_weight=self._cost_weight(logits.device))
         self.token_statistics = TokenStatistics(
             weight=terms.weight.detach().transpose(0, 1),
             cross_entropy=terms.ce.detach().transpose(0, 1),

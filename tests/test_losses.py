@@ -18,7 +18,6 @@ import torch.distributed as dist
 
 from megatron_mile.losses import (
     LossConfig,
-    emo_mle_loss,
     microbatch_alpha,
     reduce_weighted_loss,
     vocab_parallel_cross_entropy_with_entropy,
@@ -502,17 +501,6 @@ def test_emo_limits():
     wrong[0, 0, 7] = 40.0
     cos = float(unit[7] @ unit[3])
     assert math.isclose(vocab_parallel_emo(wrong, torch.tensor([[3]]), weight).emo.item(), 1.0 - cos, abs_tol=1e-5)
-
-
-def test_emo_mle_loss_scales_emo_to_the_cross_entropy():
-    ce = torch.tensor([2.0, 4.0], requires_grad=True)
-    emo = torch.tensor([0.5, 0.1], requires_grad=True)
-    loss = emo_mle_loss(ce, emo)
-    ratio = 6.0 / 0.6  # sum(ce) / sum(emo), no gradient
-    torch.testing.assert_close(loss, 0.5 * (torch.tensor([2.0, 4.0]) + ratio * torch.tensor([0.5, 0.1])))
-    loss.sum().backward()
-    torch.testing.assert_close(ce.grad, torch.full((2,), 0.5))
-    torch.testing.assert_close(emo.grad, torch.full((2,), 0.5 * ratio))
 
 
 def test_emo_reference_module_agrees_and_weighted_entry_refuses_emo():

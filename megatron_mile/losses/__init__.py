@@ -21,7 +21,7 @@ objective: :mod:`megatron_mile.losses.reduction`.
 """
 
 from megatron_mile.losses.config import LOSS_TYPES, NORMALIZATIONS, LossConfig
-from megatron_mile.losses.emo import EmoTerms, emo_mle_loss, vocab_parallel_emo
+from megatron_mile.losses.emo import EmoTerms, emo_training_loss, vocab_parallel_emo
 from megatron_mile.losses.reduction import LossTerms, microbatch_alpha, reduce_weighted_loss, weighted_mean
 from megatron_mile.losses.registry import (
     LOSS_NAMES,
@@ -55,7 +55,7 @@ __all__ = [
     "VocabParallelWeightedCrossEntropy",
     "WeightedCrossEntropy",
     "add_loss_arguments",
-    "emo_mle_loss",
+    "emo_training_loss",
     "get_loss",
     "loss_config_from_args",
     "microbatch_alpha",

@@ -58,7 +58,7 @@ class LossParam:
     name: str
     """Attribute name (``mile_gamma``); the flag is ``--mile-gamma``."""
     default: Any
-    """Default value (its type is the parameter's type: float or str)."""
+    """Default value; its type is the parameter's: float, or str (a choice, or free text such as a path)."""
     help: str
     """One line for ``--help``."""
     choices: Optional[Tuple[str, ...]] = None
@@ -78,6 +78,8 @@ class LossParam:
             if value not in self.choices:
                 raise ValueError(f"{self.flag} must be one of {', '.join(self.choices)}; got {value!r}")
             return value
+        if isinstance(self.default, str):
+            return str(value)
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -112,6 +114,10 @@ class Loss:
 
     def check(self, values: Mapping[str, Any]) -> None:
         """Checks across parameters (each one has passed its own); raise ``ValueError``."""
+
+    def prepare(self, config, model) -> None:
+        """Called once per model chunk that computes the loss, after it is built and initialised and
+        before any checkpoint is loaded (EMO takes its frozen cost rows here)."""
 
     def token_weight(self, values: Mapping[str, Any], stats: TokenStats, loss_mask: Optional[torch.Tensor],
                      dp_group) -> torch.Tensor:

@@ -153,16 +153,22 @@ class VocabParallelWeightedCrossEntropy:
         return column
 
     @staticmethod
-    def local_statistics(logits_2d: torch.Tensor, chunk_tokens: int):
+    def local_statistics(logits_2d: torch.Tensor, chunk_tokens: int,
+                         row_reduction: Optional[Callable[[slice, torch.Tensor], torch.Tensor]] = None):
         """Per row of this rank's slice: ``m = max z``, ``s = sum e``, ``a = sum (z - m) e`` with
         ``e = exp(z - m)``, in float32. The logits are overwritten (in their dtype) with this
         slice's softmax ``e / s``, which the backward rescales into the gradient (no second exp).
 
         Each chunk runs ATen's fused softmax on ``t = z - m`` (faster than a separate exp and sum);
-        since ``max t = 0`` the largest probability is exactly ``1 / s``, and ``a / s = sum(p t)``."""
+        since ``max t = 0`` the largest probability is exactly ``1 / s``, and ``a / s = sum(p t)``.
+
+        ``row_reduction(rows, p)``, if given, is called in the same pass with each chunk's rows
+        (a slice) and their float32 slice softmax ``p = e / s`` ``[chunk, V/tp]``, and returns one
+        value per row (EMO's ``sum p c``); the results are returned as a fourth vector."""
         n_rows, width = logits_2d.shape
         f32 = dict(dtype=torch.float32, device=logits_2d.device)
         local_max, sum_exp, sum_shifted_exp = (torch.empty(n_rows, **f32) for _ in range(3))
+        reduced = torch.empty(n_rows, **f32) if row_reduction is not None else None
         is_f32 = logits_2d.dtype == torch.float32
         softmax_out = torch.ops.aten._softmax.out
 
@@ -184,10 +190,14 @@ class VocabParallelWeightedCrossEntropy:
                     t.sub_(m.unsqueeze(-1))
                     p = softmax_out(t, -1, False, out=prob_buf[: z.shape[0]])
                     z.copy_(p)
+                if reduced is not None:
+                    reduced[rows] = row_reduction(rows, p)
                 s = torch.amax(p, dim=-1, out=sum_exp[rows]).reciprocal_()
                 torch.sum(t.mul_(p), dim=-1, out=sum_shifted_exp[rows]).mul_(s)
 
         _for_row_ranges(sweep, n_rows, chunk_tokens, logits_2d.device)
+        if reduced is not None:
+            return local_max, sum_exp, sum_shifted_exp, reduced
         return local_max, sum_exp, sum_shifted_exp
 
     @staticmethod
