@@ -235,6 +235,21 @@ def test_exit_duration_saves_and_stops(dist_pool, tmp_path):
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "1"
 
 
+def test_slurm_example_asks_for_the_signal_and_passes_the_flag(tmp_path):
+    """The SLURM script requests SIGTERM ahead of the time limit and both launchers pass
+    --exit-signal-handler to every rank (its dry-run command, parsed by the real parser)."""
+    import re
+
+    from tests.test_examples import SLURM, dry_run_pretrain, parse_pretrain
+
+    (margin,) = re.findall(r"^#SBATCH --signal=TERM@(\d+)$", SLURM.read_text(), flags=re.M)
+    assert int(margin) >= 60
+    env = {"SLURM_SUBMIT_DIR": REPO, "CONFIG": "tiny", "GPUS_PER_NODE": "2"}
+    for launcher in ("torchrun", "srun"):
+        _, argv = dry_run_pretrain(SLURM, **env, LAUNCHER=launcher)
+        assert parse_pretrain(argv, 2).exit_signal_handler, launcher
+
+
 # --------------------------------------------------------------------------- 6. unreadable checkpoints
 @pytest.mark.parametrize("victim", ["__0_0.distcp", "common.pt", ".metadata", "args.json"])
 def test_truncated_checkpoint_names_directory_iteration_and_file(dist_pool, tmp_path, victim):
