@@ -6,8 +6,9 @@ with the MiLe loss on CPU, in a few minutes.
 
 Steps (each reuses its output when it is already there, so a re-run only trains again):
 
-1. ``corpus.jsonl``: a few MB of English text and code from installed packages, one Pile-style
-   domain per source (:func:`megatron_mile.data.corpus.write_text_corpus`).
+1. ``corpus.jsonl``: a few MB of English text and code from the standard library and the project's
+   required dependencies, one Pile-style domain per source
+   (:func:`megatron_mile.data.corpus.write_text_corpus`; the same versions give the same bytes).
 2. ``tokenizer.model``: a small sentencepiece BPE model trained on it.
 3. ``data/demo_<domain>_text_document.{bin,idx}``: one indexed dataset per domain
    (:mod:`megatron_mile.data.preprocess` with ``--split-by meta.pile_set_name``).
@@ -48,6 +49,8 @@ def prepare_data(out: str, corpus_mb: float, vocab_size: int, min_documents: int
         stats = write_text_corpus(corpus, min_bytes=int(corpus_mb * 2**20), seed=0)
         for domain, d in sorted(stats.domains.items()):
             print(f"  {domain:24s} {d['documents']:5d} documents {d['text_bytes'] / 2**20:6.2f} MB")
+        # The corpus is a function of these versions only (megatron_mile.data.corpus).
+        print("  from " + ", ".join(f"{name} {version}" for name, version in stats.versions.items()))
     print(f"  ({time.perf_counter() - start:.1f}s)")
 
     prefix = os.path.join(out, "tokenizer")

@@ -1,4 +1,5 @@
-"""A real-English jsonl corpus built from what is installed on this machine; no downloads.
+"""A real-English jsonl corpus built from the standard library and the project's required
+dependencies; no downloads.
 
 Tests, the CPU demo and the preprocessing benchmark need real text (tokenizer speed and token
 statistics on synthetic text are not representative), and the machines they run on have no
@@ -11,15 +12,18 @@ collect it into Pile-style documents, one pseudo-domain per source:
 ``Python Docs``                   CPython's ``pydoc_data.topics`` (language reference prose)
 ``Docstrings (stdlib)``           ``inspect.getdoc`` of stdlib modules, classes and functions
 ``Docstrings (packages)``         the same over numpy (and torch for large corpora)
-``Package Metadata``              long descriptions (READMEs) of installed distributions
-``Licenses``                      LICENSE / COPYING files of installed distributions
-``Python Code``                   stdlib ``.py`` sources (and site-packages for large corpora)
+``Package Metadata``              long descriptions (READMEs) of :data:`REQUIRED_DISTRIBUTIONS`
+``Licenses``                      LICENSE / COPYING files of :data:`REQUIRED_DISTRIBUTIONS`
+``Python Code``                   stdlib ``.py`` sources (and, for large corpora, those of
+                                  :data:`REQUIRED_DISTRIBUTIONS`)
 ================================  ===========================================================
 
-Output lines are ``{"text": ..., "meta": {"pile_set_name": ...}}`` like the Pile's. When the
-requested size exceeds the unique text, documents are repeated in freshly shuffled epochs and
-the stats say so (``epochs`` > 1, ``unique_bytes`` < ``bytes``). Output is deterministic for a
-given ``(seed, min_bytes)`` on a given installation.
+Only these sources are read, never "whatever else is installed" (extras, other projects), so the
+same Python and dependency versions give the same bytes (:func:`source_versions` lists them;
+``CorpusStats.versions`` records them). Output lines are ``{"text": ..., "meta": {"pile_set_name":
+...}}`` like the Pile's. When the requested size exceeds the unique text, documents are repeated in
+freshly shuffled epochs and the stats say so (``epochs`` > 1, ``unique_bytes`` < ``bytes``). Output
+is deterministic for a given ``(seed, min_bytes)`` and those versions.
 
 CLI: ``python -m megatron_mile.data.corpus --output corpus.jsonl[.zst] --min-mb 64``
 """
@@ -54,6 +58,8 @@ _STDLIB_SKIP = {
     "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "test",
     "ensurepip", "venv", "webbrowser", "pydoc", "xxsubtype", "xxlimited", "msilib", "winreg",
     "winsound", "msvcrt", "nt", "_winapi", "readline",
+    # setuptools' distutils-precedence.pth swaps in its own copy: the text would depend on setuptools.
+    "distutils",
 }
 
 
@@ -87,6 +93,8 @@ class CorpusStats:
     """Per ``pile_set_name``: ``{"documents": n, "text_bytes": b}`` as written."""
     sources: list = dataclasses.field(default_factory=list)
     """Source collectors used, in order."""
+    versions: dict = dataclasses.field(default_factory=dict)
+    """Python and the distributions the text came from (:func:`source_versions`)."""
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -231,13 +239,27 @@ def _package_docstrings(roots: tuple[str, ...]) -> Callable[[], Iterator[Documen
     return collect
 
 
+# The project's required dependencies (setup.py's install_requires; a test keeps the two equal):
+# every installation of megatron-mile has them, whatever extras or other projects it has too.
+REQUIRED_DISTRIBUTIONS = ("megatron-core", "numpy", "psutil", "sentencepiece", "torch", "zstandard")
+
+
 def _distributions() -> list:
-    dists = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower()
-        if name and name not in dists:
-            dists[name] = dist
-    return [dists[k] for k in sorted(dists)]
+    """The installed :data:`REQUIRED_DISTRIBUTIONS`, in that (sorted) order."""
+    dists = []
+    for name in REQUIRED_DISTRIBUTIONS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            dists.append(importlib.metadata.distribution(name))
+    return dists
+
+
+def source_versions() -> dict:
+    """``{"python": ..., <distribution>: <version>}`` of everything the corpus is read from."""
+    import platform
+
+    versions = {"python": platform.python_version()}
+    versions.update({dist.metadata["Name"].lower(): dist.version for dist in _distributions()})
+    return versions
 
 
 def _package_metadata() -> Iterator[Document]:
@@ -291,16 +313,28 @@ def _stdlib_root() -> list[str]:
     return [sysconfig.get_paths()["stdlib"]]
 
 
-def _site_packages_root() -> list[str]:
-    return sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-
-
-_STDLIB_CODE_SKIP = ("site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
-                     "lib2to3", "__pycache__", "ensurepip")
 _SITE_CODE_SKIP = ("test", "tests", "testing", "__pycache__", "_vendor", "vendored")
 
+
+def _dependency_code() -> Iterator[Document]:
+    """``.py`` files of :data:`REQUIRED_DISTRIBUTIONS` (their installed file lists), sorted."""
+    for dist in _distributions():
+        files = sorted(str(f) for f in dist.files or [] if str(f).endswith(".py"))
+        for name in files:
+            if any(part in _SITE_CODE_SKIP or part.startswith(".") for part in name.split("/")[:-1]):
+                continue
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                with open(dist.locate_file(name), encoding="utf-8") as f:
+                    source = f.read()
+                for text in _chunk(source):
+                    yield Document("Python Code", text)
+
+
+_STDLIB_CODE_SKIP = ("site-packages", "dist-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
+                     "lib2to3", "__pycache__", "ensurepip")
+
 # (name, collector, approximate cost class). Cheap sources are always collected; the expensive
-# ones (importing torch, walking site-packages) only when the cheap ones are not enough unique
+# ones (importing torch, reading the dependencies' code) only when the cheap ones are not enough unique
 # text for the requested size, so that a small test corpus takes a second or two.
 _CHEAP_SOURCES: list[tuple[str, Callable[[], Iterator[Document]]]] = [
     ("pydoc_data.topics", _python_docs),
@@ -315,7 +349,7 @@ _LARGE_SOURCES: list[tuple[str, Callable[[], Iterator[Document]]]] = [
     # torch's submodules (some need optional dependencies, some take long to import).
     ("torch docstrings", _package_docstrings(("=torch", "torch.nn", "torch.optim",
                                               "torch.distributions", "torch.autograd"))),
-    ("site-packages code", _code(_site_packages_root, _SITE_CODE_SKIP)),
+    ("dependency code", _dependency_code),
 ]
 
 
@@ -323,7 +357,7 @@ def collect_documents(min_bytes: int = 0, include_large: bool | None = None) -> 
     """Distinct documents from the installed sources, deterministic order.
 
     ``include_large=None`` adds the large sources only when the cheap ones give less than
-    ``min_bytes`` of text; code from site-packages is then capped at half the requested size so
+    ``min_bytes`` of text; the dependencies' code is then capped at half the requested size so
     prose stays a large share of the corpus.
     """
     docs: list[Document] = []
@@ -351,7 +385,7 @@ def collect_documents(min_bytes: int = 0, include_large: bool | None = None) -> 
         used.append(name)
     if include_large or (include_large is None and total < min_bytes):
         for name, collect in _LARGE_SOURCES:
-            budget = max(min_bytes - total, 0) if name == "site-packages code" else float("inf")
+            budget = max(min_bytes - total, 0) if name == "dependency code" else float("inf")
             if budget <= 0:
                 break
             add(collect(), budget=budget)
@@ -385,7 +419,7 @@ def write_text_corpus(path: str, min_bytes: int = 4 * 2**20, seed: int = 0,
     docs, used = collect_documents(min_bytes)
     if not docs:
         raise RuntimeError("no text found in the installed packages")
-    stats = CorpusStats(path=path, sources=used, unique_documents=len(docs))
+    stats = CorpusStats(path=path, sources=used, unique_documents=len(docs), versions=source_versions())
     stats.unique_bytes = sum(len(d.text.encode("utf-8", "replace")) for d in docs)
 
     rng = random.Random(seed)
