@@ -202,6 +202,24 @@ def test_single_node_overrides_and_extra_flags(tmp_path):
     assert args.save == str(tmp_path / "ckpt") and args.load is None
 
 
+def test_one_default_objective():
+    """LOSS=mile is mile-pretrain's --loss mile (global normalisation) unless a configuration says
+    otherwise: only the paper configurations pass microbatch (the authors' code)."""
+    for config, expected in (("tiny", "global"), ("llama_468m", "microbatch")):
+        _, argv = dry_run_pretrain(SINGLE, CONFIG=config, LOSS="mile", GPUS_PER_NODE="1")
+        assert ("--mile-normalization" in argv) == (expected == "microbatch"), config
+        args = arguments.parse_args(argv)
+        assert args.mile_normalization == expected == arguments.parse_args(
+            argv + ["--mile-normalization", expected]).mile_normalization
+    _, argv = dry_run_pretrain(SINGLE, CONFIG="tiny", LOSS="mile", GPUS_PER_NODE="1",
+                               MILE_NORMALIZATION="microbatch")
+    assert arguments.parse_args(argv).mile_normalization == "microbatch"
+    default = arguments.parse_args(["--num-layers", "1", "--hidden-size", "8", "--num-attention-heads", "1",
+                                    "--seq-length", "8", "--micro-batch-size", "1", "--lr", "1",
+                                    "--train-iters", "1", "--mock-data", "--loss", "mile"])
+    assert default.mile_normalization == "global"
+
+
 def test_resumes_from_a_complete_checkpoint(tmp_path):
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("100")
     _, argv = dry_run_pretrain(SINGLE, CONFIG="tiny", GPUS_PER_NODE="1", CHECKPOINT_PATH=str(tmp_path))

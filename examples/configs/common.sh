@@ -5,7 +5,9 @@
 # after a model config (examples/configs/<CONFIG>.sh). Every variable below has a default that an
 # environment variable of the same name overrides; the defaults are the MiLe paper's training
 # settings (facts: AdamW, lr 3e-4, weight decay 0.1, cosine, seq 1024, vocab 32000) plus the
-# assumptions marked "assumed" (not stated by the paper).
+# assumptions marked "assumed" (not stated by the paper). The objective is mile-pretrain's default
+# (--mile-normalization global) unless MILE_NORMALIZATION is set: the paper configurations set it to
+# microbatch, the authors' code, so that LOSS=mile means one objective per configuration.
 #
 # Output: the Megatron-style arrays MODEL_ARGS, TRAINING_ARGS, LOSS_ARGS, MODEL_PARALLEL_ARGS,
 # DATA_ARGS, EVAL_AND_LOGGING_ARGS, and PRETRAIN_ARGS (all of them, in that order); run_cmd.
@@ -18,7 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/run_cmd.sh"
 : "${MILE_GAMMA:=1.0}"               # w = (sigma + H)^gamma; the paper's default gamma = 1
 : "${MILE_SIGMA:=1.0}"
 : "${FOCAL_GAMMA:=1.0}"              # assumed: w = (1 - p_y)^gamma with gamma = 1
-: "${MILE_NORMALIZATION:=microbatch}" # microbatch = the authors' code (alpha = 1/mean(w)); or global
+: "${MILE_NORMALIZATION:=}"          # empty: mile-pretrain's default (global); or microbatch
 
 # --- Shared model settings (LLaMA architecture of the paper) -----------------------------------
 : "${SEQ_LENGTH:=1024}"
@@ -103,12 +105,14 @@ fi
 
 LOSS_ARGS=(--loss "${LOSS}")
 case "${LOSS}" in
-    mile) LOSS_ARGS+=(--mile-gamma "${MILE_GAMMA}" --mile-sigma "${MILE_SIGMA}"
-                      --mile-normalization "${MILE_NORMALIZATION}") ;;
-    focal) LOSS_ARGS+=(--focal-gamma "${FOCAL_GAMMA}" --mile-normalization "${MILE_NORMALIZATION}") ;;
+    mile) LOSS_ARGS+=(--mile-gamma "${MILE_GAMMA}" --mile-sigma "${MILE_SIGMA}") ;;
+    focal) LOSS_ARGS+=(--focal-gamma "${FOCAL_GAMMA}") ;;
     cross_entropy | emo) ;;
     *) echo "LOSS must be cross_entropy, focal, mile or emo, got '${LOSS}'" >&2; exit 2 ;;
 esac
+if [[ -n "${MILE_NORMALIZATION}" && ( "${LOSS}" == mile || "${LOSS}" == focal ) ]]; then
+    LOSS_ARGS+=(--mile-normalization "${MILE_NORMALIZATION}")
+fi
 
 MODEL_PARALLEL_ARGS=(
     --tensor-model-parallel-size "${TP}"
@@ -156,7 +160,8 @@ EVAL_AND_LOGGING_ARGS=(
     --tensorboard-dir "${TENSORBOARD_LOGS_PATH}"
     --log-json "${LOG_JSON}"
 )
-# Resume when a complete checkpoint is there (--load on an empty directory is an error).
+# Resume when a checkpoint is there. (--load on a directory without one starts from scratch, as in
+# Megatron-LM, docs/training.md; only a directory that does not exist yet adds a WARNING line.)
 if [[ -f "${CHECKPOINT_PATH}/latest_checkpointed_iteration.txt" ]]; then
     EVAL_AND_LOGGING_ARGS+=(--load "${CHECKPOINT_PATH}")
 fi

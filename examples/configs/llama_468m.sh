@@ -18,3 +18,6 @@
 : "${MICRO_BATCH_SIZE:=16}"
 : "${GLOBAL_BATCH_SIZE:=1024}"
 : "${TRAIN_ITERS:=100000}"
+# The paper's objective: the authors' code normalises per micro-batch (alpha = 1/mean(w));
+# mile-pretrain's default is the exact weighted mean over the global batch (global).
+: "${MILE_NORMALIZATION:=microbatch}"
