@@ -193,3 +193,31 @@ def test_wandb_offline_run(tmp_path):
                       env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "CUDA_VISIBLE_DEVICES": ""}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert glob.glob(str(tmp_path / "w" / "wandb" / "offline-run-*" / "run-*.wandb"))
+
+
+def test_eval_downstream_takes_a_moved_tokenizer(dist_pool, tmp_path):
+    """args.json stores the tokenizer's absolute path; when the file has moved, eval_downstream
+    says so and --tokenizer-model points it to the new place."""
+    from megatron_mile.data.small_tokenizers import train_small_sentencepiece
+    from megatron_mile.evaluation.downstream import main as eval_main
+
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"the token {i % 7} follows the token {i % 5} in line {i}"}) + "\n"
+                            for i in range(400)))
+    model = train_small_sentencepiece(str(text), str(tmp_path / "sp"), vocab_size=300)
+    # A relative path on the command line (the pool's workers share this process's directory),
+    # absolute in args.json.
+    argv = TINY + ["--eval-iters", "0", "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model",
+                   os.path.relpath(model), "--save", str(tmp_path / "ckpt")]
+    argv.remove("--vocab-size")
+    argv.remove("127")
+    dist_pool.run(_train_and_capture, argv, 10.0)
+    moved = tmp_path / "elsewhere.model"
+    os.rename(model, moved)
+    task = tmp_path / "task.jsonl"
+    task.write_text('{"context": "the token", "choices": [" 1", " 2"], "label": 0}\n')
+    common = ["--load", str(tmp_path / "ckpt"), "--task", f"t={task}", "--output", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match=f"cannot load .*{model}.*--tokenizer-model"):
+        eval_main(common)
+    assert eval_main(common + ["--tokenizer-model", str(moved)]) in (0, None)
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"]["t"]

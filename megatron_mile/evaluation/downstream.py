@@ -365,6 +365,11 @@ def build_parser():
                     "lm-evaluation-harness conventions), on one GPU or CPU.")
     p.add_argument("--load", required=True, help="Checkpoint directory (a --save directory or one iter_N).")
     p.add_argument("--iteration", type=int, default=None, help="Iteration (default: the latest).")
+    p.add_argument("--tokenizer-model", default=None,
+                   help="Tokenizer model file or directory instead of the one the checkpoint's args.json names "
+                        "(e.g. a checkpoint copied to another machine).")
+    p.add_argument("--vocab-file", default=None, help="GPT-2 vocab.json instead of the checkpoint's.")
+    p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt instead of the checkpoint's.")
     p.add_argument("--task", dest="tasks", type=_task_spec, action="append", default=[], metavar="NAME=PATH",
                    help='A multiple-choice jsonl task: {"context": str, "choices": [str, ...], "label": int} '
                         "per line; repeat for several.")
@@ -407,11 +412,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dtype_name = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     try:
         model, train_args = load_model_for_eval(args.load, args.iteration, dtype=getattr(torch, dtype_name))
-        tokenizer = build_tokenizer(train_args.tokenizer_type, tokenizer_model=train_args.tokenizer_model,
-                                    vocab_file=train_args.vocab_file, merge_file=train_args.merge_file,
+        tokenizer = build_tokenizer(train_args.tokenizer_type,
+                                    tokenizer_model=args.tokenizer_model or train_args.tokenizer_model,
+                                    vocab_file=args.vocab_file or train_args.vocab_file,
+                                    merge_file=args.merge_file or train_args.merge_file,
                                     vocab_size=train_args.vocab_size)
     except (OSError, ValueError) as exc:  # no checkpoint there, or its tokenizer file moved
-        raise SystemExit(f"eval_downstream: cannot load {args.load}: {exc}") from None
+        raise SystemExit(f"eval_downstream: cannot load {args.load}: {exc} (a moved tokenizer: "
+                         f"--tokenizer-model / --vocab-file / --merge-file)") from None
     scorer = LoglikelihoodScorer(model, tokenizer, train_args.seq_length, args.batch_size)
     results = {"checkpoint": os.path.abspath(args.load), "iteration": args.iteration, "dtype": dtype_name,
                "tasks": {}}
