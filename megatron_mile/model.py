@@ -8,6 +8,11 @@ what megatron's returns, the per-token loss ``[b, s]`` that carries the gradient
 ``model.token_statistics`` for the training loop's loss function (which runs right after the
 forward pass of the same micro-batch, on the last pipeline stage).
 
+With the output layer fused into the loss (``--fused-output-loss``), ``_postprocess`` is overridden
+once: a loss computation skips the logits and returns the same per-token loss and statistics from
+the hidden states (:meth:`MileGPTModel.fused_output_layer_loss`); multi-token prediction, inference
+and logits requests (no labels) take megatron's path unchanged.
+
 Layer specs (:func:`gpt_layer_spec`): transformer-engine's spec when it is requested (default on
 GPU when TE is importable), megatron's local spec otherwise. In the local spec, core attention is
 :class:`SDPACoreAttention` (torch's ``scaled_dot_product_attention``: flash / cuDNN /
@@ -37,6 +42,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_mile.losses import LossConfig, get_loss, loss_config_from_args
+from megatron_mile.losses.linear_cross_entropy import vocab_parallel_linear_weighted_cross_entropy
 
 __all__ = [
     "MileGPTModel",
@@ -184,6 +190,32 @@ class MileGPTModel(GPTModel):
             cross_entropy=terms.ce.detach().transpose(0, 1),
             entropy=terms.entropy.detach().transpose(0, 1),
         )
+        return terms.weighted_ce.transpose(0, 1).contiguous()
+
+    @property
+    def fuses_output_layer_and_loss(self) -> bool:
+        """Whether the output layer and the loss run as one op (``--fused-output-loss``): megatron-core's
+        ``cross_entropy_loss_fusion`` with ``cross_entropy_fusion_impl='linear'``, the fields
+        Megatron-LM's development branch reads for its own fused linear cross entropy."""
+        return bool(self.config.cross_entropy_loss_fusion) and self.config.cross_entropy_fusion_impl == "linear"
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        """megatron's post-processing, except for a loss with the fused output layer: labels given, no
+        multi-token prediction and no inference context; those keep megatron's path unchanged."""
+        if not (self.fuses_output_layer_and_loss and self.post_process and labels is not None
+                and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        return self.fused_output_layer_loss(labels, hidden_states)
+
+    def fused_output_layer_loss(self, labels: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """What ``compute_language_model_loss(labels, output_layer(hidden_states))`` returns, from the
+        final hidden states ``[s, b, h]`` without the logits (:mod:`megatron_mile.losses.linear_cross_entropy`)."""
+        mask = None if self._loss_mask is None else self._loss_mask.transpose(0, 1).contiguous()
+        terms = vocab_parallel_linear_weighted_cross_entropy(
+            hidden_states, self.output_weight(), labels.transpose(0, 1).contiguous(), self.loss_config,
+            tp_group=self.pg_collection.tp, sequence_parallel=self.output_layer.sequence_parallel,
+            loss_mask=mask, dp_group=self.pg_collection.dp_cp)
+        self.token_statistics = TokenStatistics(*(t.detach().transpose(0, 1) for t in terms[1:]))
         return terms.weighted_ce.transpose(0, 1).contiguous()
 
 

@@ -235,3 +235,29 @@ def body_bad_input(case):
 def test_bad_input_raises_on_every_rank(dist_pool, case, words):
     results = dist_pool.run(body_bad_input, case, tp=2)
     assert all(r is not None and words in r[1] for r in results), results
+
+
+# --------------------------------------------------------------------------- training with --fused-output-loss
+def _train_metrics(argv):
+    from megatron_mile.pretrain_gpt import pretrain
+
+    return [(m["iteration"], m["loss"], m["lm_loss"], m["grad_norm"]) for m in pretrain(argv).train]
+
+
+@pytest.mark.parametrize("layout, loss, flags", [
+    ("TP1xDP4", "mile", []),
+    ("TP2xPP2", "mile", []),
+    ("TP2xPP2", "focal", ["--untie-embeddings-and-output-weights"]),
+])
+def test_training_with_and_without_the_flag_agrees(dist_pool, layout, loss, flags):
+    """Same seed and data, fp32: loss, lm loss and gradient norm agree per iteration at 1e-4,
+    with the output weights tied (gpt2 style) and untied."""
+    from tests.test_training_parallel import LAYOUTS, NO_DROPOUT, TINY
+
+    _, layout_flags, pool_layout = next(entry for entry in LAYOUTS if entry[0] == layout)
+    argv = TINY + layout_flags + NO_DROPOUT + flags + ["--loss", loss, "--train-iters", "3"]
+    unfused, fused = (dist_pool.run(_train_metrics, argv + extra, **pool_layout)[-1]
+                      for extra in ([], ["--fused-output-loss"]))
+    assert len(fused) == len(unfused) == 3
+    for got, want in zip(fused, unfused):
+        assert got[0] == want[0] and all(abs(a - b) <= 1e-4 for a, b in zip(got[1:], want[1:])), (got, want)

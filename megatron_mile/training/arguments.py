@@ -268,7 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The loss flags: --loss, each registered loss's parameters (megatron_mile/losses/<name>.py),
     # --mile-normalization. Values are checked as they are parsed (exit 2 with the flag's name).
-    add_loss_arguments(parser.add_argument_group("loss"))
+    g = parser.add_argument_group("loss")
+    add_loss_arguments(g)
+    g.add_argument("--fused-output-loss", action="store_true",
+                   help="Fuse the output layer into the loss: no [tokens, vocab/TP] logits in memory, the backward "
+                        "recomputes them block by block (weighted cross-entropy losses; not emo). Megatron-LM's "
+                        "development branch calls this --cross-entropy-loss-fusion --cross-entropy-fusion-impl linear.")
 
     g = parser.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=1000, help="Validate every this many iterations.")
@@ -381,7 +386,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] =
     argv = list(sys.argv[1:] if argv is None else argv)
     _reject_megatron_flags(argv)
     parser = build_parser()
-    _model_defaults_from_checkpoint(parser, argv)
     args = parser.parse_args(argv)
     args.ignored_megatron_flags = _strip_ignored_megatron_flags(args)
     reasons = ignored_flags()
@@ -673,6 +677,14 @@ def validate_args(args: argparse.Namespace) -> None:
     need(0 <= args.hidden_dropout < 1 and 0 <= args.attention_dropout < 1, "dropout must be in [0, 1)")
     need(not (args.overlap_param_gather and not args.use_distributed_optimizer),
          "--overlap-param-gather needs --use-distributed-optimizer")
+    if args.fused_output_loss:
+        from megatron_mile.losses import get_loss
+
+        need(get_loss(args.loss).weighted_cross_entropy,
+             f"--fused-output-loss needs a weighted cross-entropy loss; --loss {args.loss} reads the logits")
+        # megatron's DDP waits for a layer's gathered parameters in that layer's forward hook, which
+        # the fused loss does not call for the output layer.
+        need(not args.overlap_param_gather, "--fused-output-loss does not support --overlap-param-gather")
 
     # Checkpoints.
     need(args.save is not None or (args.save_interval is None and args.save_iters is None
@@ -913,6 +925,10 @@ def transformer_config_from_args(args: argparse.Namespace):
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_size(args),
         sequence_parallel=args.sequence_parallel,
+        # What Megatron-LM's development branch reads for its fused linear cross entropy; here
+        # MileGPTModel.fuses_output_layer_and_loss (getattr: checkpoints saved before the flag).
+        cross_entropy_loss_fusion=getattr(args, "fused_output_loss", False),
+        cross_entropy_fusion_impl="linear" if getattr(args, "fused_output_loss", False) else "native",
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=args.bf16,
