@@ -41,6 +41,7 @@ from megatron_mile.losses.vocab_parallel import (
     vocab_parallel_mile_cross_entropy,
     vocab_parallel_weighted_cross_entropy,
 )
+from megatron_mile.losses.linear_cross_entropy import vocab_parallel_linear_weighted_cross_entropy
 
 __all__ = [
     "EmoTerms",
@@ -64,6 +65,7 @@ __all__ = [
     "vocab_parallel_cross_entropy_with_entropy",
     "vocab_parallel_emo",
     "vocab_parallel_focal_cross_entropy",
+    "vocab_parallel_linear_weighted_cross_entropy",
     "vocab_parallel_mile_cross_entropy",
     "vocab_parallel_weighted_cross_entropy",
     "weighted_mean",
