@@ -14,6 +14,12 @@ For each worker count N (default 1 and 2), interleaved over ``--repeats`` rounds
 Then one run of ours on a 4x larger input (the corpus concatenated 4 times) for peak RSS.
 Results (raw numbers, medians, ratios) go to ``--output`` as JSON.
 
+``--long-document-mb 50``: peak RSS per process on one line holding one document of that size
+(the corpus's texts joined by spaces), as shipped (very long texts encoded in exact pieces) and
+with whole-document encoding (the tool with the pieces switched off), and whether both wrote the
+same bytes. With ``--long-document-only`` nothing else runs; results go to
+``bench/results/preprocess_long_document.json`` unless ``--output`` says otherwise.
+
     python bench/preprocess_bench.py --min-mb 64 --repeats 3 \
         --megatron-lm /tmp/mlm --megatron-pythonpath /tmp/stubs
 """
@@ -168,10 +174,58 @@ def run_tool(cmd: list[str], env: dict | None = None) -> dict:
     }
 
 
-def mile_cmd(corpus, prefix, model, workers):
-    return [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", corpus,
+def mile_cmd(corpus, prefix, model, workers, whole_documents=False):
+    tool = [os.path.join(REPO, "tools", "preprocess_data.py")]
+    if whole_documents:  # the same tool with the exact pieces switched off
+        tool = ["-c", "import sys; from megatron_mile.data.tokenizers import MileTokenizer; "
+                      "MileTokenizer.long_text_chars = 1 << 62; "
+                      "from megatron_mile.data.preprocess import main; sys.exit(main())"]
+    return [sys.executable, *tool, "--input", corpus,
             "--output-prefix", prefix, "--tokenizer-type", "SentencePieceTokenizer",
             "--tokenizer-model", model, "--append-eod", "--workers", str(workers), "--quiet"]
+
+
+def _manifest_totals(prefix: str) -> dict:
+    path = os.path.join(os.path.dirname(prefix), "mile-manifests", os.path.basename(prefix) + ".json")
+    with open(path) as f:
+        return json.load(f)["totals"]
+
+
+def write_long_document(corpus: str, path: str, megabytes: float) -> int:
+    """One jsonl line: a document of ``megabytes`` MB, the corpus's texts joined by spaces."""
+    texts = _load_texts(corpus)
+    target = int(megabytes * 2**20)
+    parts, size, i = [], 0, 0
+    while size < target:
+        parts.append(texts[i % len(texts)])
+        size += len(parts[-1].encode()) + 1
+        i += 1
+    text = " ".join(parts)
+    with open(path, "w") as f:
+        f.write(json.dumps({"text": text}) + "\n")
+    return len(text.encode())
+
+
+def measure_long_document(corpus: str, model: str, workdir: str, megabytes: float,
+                          workers: list[int]) -> dict:
+    path = os.path.join(workdir, f"long_document_{megabytes:g}mb.jsonl")
+    text_bytes = write_long_document(corpus, path, megabytes)
+    runs = {}
+    for w in workers:
+        for mode in ("pieces", "whole"):
+            out = os.path.join(workdir, f"long_{mode}_w{w}")
+            run = run_tool(mile_cmd(path, out, model, w, whole_documents=mode == "whole"))
+            run["tokens"] = _manifest_totals(out)["tokens"]
+            runs[f"{mode}_w{w}"] = run
+        same = _same_files(os.path.join(workdir, f"long_pieces_w{w}_text_document"),
+                           os.path.join(workdir, f"long_whole_w{w}_text_document"))
+        runs[f"identical_w{w}"] = same
+        print(f"[bench] long document {megabytes:g} MB, workers {w}: peak RSS largest process "
+              f"{runs[f'pieces_w{w}']['peak_rss_mb_largest_process']} MB in pieces, "
+              f"{runs[f'whole_w{w}']['peak_rss_mb_largest_process']} MB whole; identical: {same}",
+              file=sys.stderr, flush=True)
+    os.remove(path)
+    return {"document_bytes": text_bytes, "runs": runs}
 
 
 def megatron_cmd(mlm, corpus, prefix, model, workers):
@@ -275,10 +329,19 @@ def main(argv=None) -> int:
                     help="before each round wait for the 1-min load average to drop below this")
     ap.add_argument("--max-wait", type=float, default=300.0)
     ap.add_argument("--scale", type=int, default=4, help="RSS check on this many copies (0: skip)")
-    ap.add_argument("--output", default=os.path.join(REPO, "bench", "results", "preprocess.json"))
+    ap.add_argument("--long-document-mb", type=float, default=0,
+                    help="peak RSS on one document of this many MB (0: skip)")
+    ap.add_argument("--long-document-only", action="store_true",
+                    help="only the --long-document-mb measurement")
+    ap.add_argument("--output", default=None,
+                    help="results JSON (default bench/results/preprocess.json, or "
+                         "preprocess_long_document.json with --long-document-only)")
     ap.add_argument("--summarize", default=None,
                     help="only recompute the summary of an existing results JSON, in place")
     args = ap.parse_args(argv)
+    if args.output is None:
+        name = "preprocess_long_document.json" if args.long_document_only else "preprocess.json"
+        args.output = os.path.join(REPO, "bench", "results", name)
     if args.summarize:
         with open(args.summarize) as f:
             result = json.load(f)
@@ -329,6 +392,17 @@ def main(argv=None) -> int:
                 result["tokenizer_training_seconds"] = float(f.read())
     result["tokenizer"] = {"model": model, "type": "SentencePieceTokenizer (BPE)",
                            "vocab_size": args.vocab_size}
+    if args.long_document_mb:
+        result["long_document"] = measure_long_document(corpus, model, args.workdir,
+                                                        args.long_document_mb, args.workers)
+    if args.long_document_only:
+        result["machine"]["loadavg_end"] = os.getloadavg()
+        os.makedirs(os.path.dirname(args.output), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(json.dumps(result["long_document"], indent=2))
+        return 0
 
     mlm_env = None
     if args.megatron_lm:
@@ -351,8 +425,7 @@ def main(argv=None) -> int:
             r["limit_list"].append(measure_limit(model, corpus, w, "list"))
             out = os.path.join(args.workdir, f"mile_w{w}")
             run = run_tool(mile_cmd(corpus, out, model, w))
-            with open(out + "_stats.json") as f:
-                tokens = json.load(f)["totals"]["tokens"]
+            tokens = _manifest_totals(out)["tokens"]
             run["tokens"] = tokens
             run["tokens_per_s"] = round(tokens / run["seconds"], 1)
             run["tokens_per_cpu_s"] = round(tokens / run["cpu_seconds"], 1)
@@ -388,8 +461,7 @@ def main(argv=None) -> int:
         for w in args.workers:
             out = os.path.join(args.workdir, f"mile_x{args.scale}_w{w}")
             run = run_tool(mile_cmd(big, out, model, w))
-            with open(out + "_stats.json") as f:
-                run["tokens"] = json.load(f)["totals"]["tokens"]
+            run["tokens"] = _manifest_totals(out)["tokens"]
             run["tokens_per_s"] = round(run["tokens"] / run["seconds"], 1)
             scaled[str(w)] = run
             os.remove(out + "_text_document.bin")

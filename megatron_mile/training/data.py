@@ -165,7 +165,7 @@ def check_data_tokenizer(args) -> None:
                                          vocab_file=args.vocab_file, merge_file=args.merge_file,
                                          vocab_size=args.vocab_size).vocab_size
             ours["vocab_size"] = vocab_size
-        low, top = token_id_range(prefix)
+        low, top = token_id_range(prefix, MAX_ID_CHECK_TOKENS)
         if low < 0 or top >= vocab_size:
             raise ValueError(
                 f"--data-path {prefix}: token id {top if top >= vocab_size else low} in its first {MAX_ID_CHECK_TOKENS} tokens, but "
@@ -178,7 +178,7 @@ class TokenIdGuard(torch.utils.data.Dataset):
     """A dataset whose samples are checked: a token id ``>= vocab_size`` raises ``ValueError``
     naming the dataset it came from, before it can reach the embedding (where it would be an
     IndexError on CPU, a device-side assert on GPU, or silently an untrained padding row).
-    One ``max`` over each sample's tokens."""
+    A min and a max over each sample's tokens and labels (the last label is not among the tokens)."""
 
     def __init__(self, dataset, vocab_size: int, names: List[str]):
         self.dataset = dataset
@@ -190,8 +190,8 @@ class TokenIdGuard(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         sample = self.dataset[index]
-        tokens = sample["tokens"]
-        low, top = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, -1)
+        ids = [sample[k] for k in ("tokens", "labels") if k in sample and sample[k].numel()]
+        low, top = (min(int(t.min()) for t in ids), max(int(t.max()) for t in ids)) if ids else (0, -1)
         if low < 0 or top >= self.vocab_size:
             which = int(sample["dataset_id"]) if "dataset_id" in sample and len(self.names) > 1 else 0
             raise ValueError(f"sample {index} of {self.names[which]} holds token id "
