@@ -386,6 +386,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, world_size: Optional[int] =
     argv = list(sys.argv[1:] if argv is None else argv)
     _reject_megatron_flags(argv)
     parser = build_parser()
+    _model_defaults_from_checkpoint(parser, argv)
     args = parser.parse_args(argv)
     args.ignored_megatron_flags = _strip_ignored_megatron_flags(args)
     reasons = ignored_flags()
