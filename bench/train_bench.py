@@ -136,6 +136,52 @@ def time_loss_only(args, repeats: int) -> dict:
     return {arm: statistics.median(t) for arm, t in times.items()}
 
 
+def core_attention_name(model) -> str:
+    """The class that runs core attention in this model (SDPA or megatron's)."""
+    for module in model[0].modules():
+        if hasattr(module, "core_attention"):
+            return type(module.core_attention).__name__
+    return "none"
+
+
+def adam_kernel(optimizer) -> str:
+    """Which torch AdamW kernel the optimizer's groups ask for (or the fused Adam's class)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        opt = getattr(inner, "optimizer", None)
+        if isinstance(opt, torch.optim.Optimizer):
+            group = opt.param_groups[0]
+            if not isinstance(opt, (torch.optim.AdamW, torch.optim.Adam)):
+                return type(opt).__name__
+            if group.get("fused"):
+                return "fused"
+            return {True: "foreach", False: "for-loop", None: "torch default"}[group.get("foreach")]
+    return "unknown"
+
+
+def profile_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches, train_step,
+                 top: int) -> list:
+    """One --loss mile training step under torch.profiler: the ``top`` kernels (CUDA) or operators
+    (CPU) by self time, each with its share of the total self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    use_arm(model, "mile")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        train_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    on_gpu = torch.cuda.is_available()
+    rows = []
+    for event in prof.key_averages():
+        self_us = getattr(event, "self_device_time_total", 0) if on_gpu else event.self_cpu_time_total
+        if self_us > 0:
+            rows.append((event.key, self_us, event.count))
+    total = sum(us for _, us, _ in rows) or 1.0
+    rows.sort(key=lambda r: -r[1])
+    return [{"name": name, "self_ms": us / 1e3, "calls": calls, "share_pct": 100 * us / total}
+            for name, us, calls in rows[:top]]
+
+
 def main(argv=None) -> None:
     from megatron_mile import platform
     from megatron_mile.analysis._io import write_json
@@ -163,6 +209,10 @@ def main(argv=None) -> None:
                        help="Peak dense FLOP/s of one device in TFLOP/s for MFU (default: the card's bf16 rate "
                             "when known).")
     bench.add_argument("--out", default=None, help="Result JSON (default bench/results/train_<cpu|gpu>.json).")
+    bench.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="Which losses to cycle through.")
+    bench.add_argument("--profile-top", type=int, default=0,
+                       help="After timing, profile one --loss mile step with torch.profiler and record the N "
+                            "kernels (GPU) or operators (CPU) with the most self time, with their shares.")
     own, rest = bench.parse_known_args(argv)
     if own.threads:
         torch.set_num_threads(own.threads)
@@ -186,10 +236,11 @@ def main(argv=None) -> None:
 
     flops_per_token = model_flops_per_token(args, model)
     load_before = os.getloadavg()
-    step_ms = {arm: [] for arm in ARMS}
-    peak_bytes = {arm: 0 for arm in ARMS}
+    arms = [arm for arm in ARMS if arm in own.arms]
+    step_ms = {arm: [] for arm in arms}
+    peak_bytes = {arm: 0 for arm in arms}
     for round_index in range(own.steps + 1):
-        for arm in ARMS:
+        for arm in arms:
             use_arm(model, arm)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
@@ -202,25 +253,35 @@ def main(argv=None) -> None:
                 peak_bytes[arm] = max(peak_bytes[arm], torch.cuda.max_memory_allocated())
             if round_index:  # round 0 warms up
                 step_ms[arm].append((time.perf_counter() - start) * 1e3)
-    loss_ms = time_loss_only(args, own.loss_repeats)
+    loss_ms = time_loss_only(args, own.loss_repeats) if own.loss_repeats else None
+    top_kernels = profile_step(args, model, optimizer, scheduler, denominator, forward_backward, step_fn, batches,
+                               train_step, own.profile_top) if own.profile_top else None
     peak_tflops = own.peak_tflops or default_peak_tflops()
     # The largest peak over the ranks (pipeline stage 0 holds the most activations).
-    peak_all = torch.tensor([peak_bytes[arm] for arm in ARMS], dtype=torch.float64, device=_device())
+    peak_all = torch.tensor([peak_bytes[arm] for arm in arms], dtype=torch.float64, device=_device())
     dist.all_reduce(peak_all, op=dist.ReduceOp.MAX)
 
     if dist.get_rank() == 0:
         median = {arm: statistics.median(t) for arm, t in step_ms.items()}
         fastest = {arm: min(t) for arm, t in step_ms.items()}
         paired = {ref: 100 * (statistics.median(m / r for m, r in zip(step_ms["mile"], step_ms[ref])) - 1)
-                  for ref in ("cross_entropy", "megatron_ce")}
+                  for ref in ("cross_entropy", "megatron_ce") if "mile" in arms and ref in arms}
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
         tokens_per_step = args.global_batch_size * args.seq_length
-        tokens_per_s = {arm: tokens_per_step / (median[arm] / 1e3) for arm in ARMS}
+        tokens_per_s = {arm: tokens_per_step / (median[arm] / 1e3) for arm in arms}
         world = dist.get_world_size()
-        mfu = ({arm: tokens_per_s[arm] * flops_per_token / (world * peak_tflops * 1e12) for arm in ARMS}
+        mfu = ({arm: tokens_per_s[arm] * flops_per_token / (world * peak_tflops * 1e12) for arm in arms}
                if peak_tflops else None)
-        peak_gib = ({arm: peak_all[i].item() / 2**30 for i, arm in enumerate(ARMS)}
+        peak_gib = ({arm: peak_all[i].item() / 2**30 for i, arm in enumerate(arms)}
                     if torch.cuda.is_available() else None)
+
+        def overhead(ref):
+            return 100 * (fastest["mile"] / fastest[ref] - 1) if "mile" in arms and ref in arms else None
+
+        def loss_share(ref):
+            if loss_ms is None or "mile" not in arms or ref not in arms:
+                return None
+            return 100 * (loss_ms["mile"] - loss_ms[ref]) / median[ref]
         result = {
             "benchmark": "train_step_mile_vs_cross_entropy",
             "device": device,
@@ -229,6 +290,12 @@ def main(argv=None) -> None:
             "world_size": dist.get_world_size(),
             "torch_threads": torch.get_num_threads(),
             "flags": DEFAULTS + rest,
+            # What the throughput levers resolved to (issue 14: before/after in one run).
+            "levers": {"attention_backend": args.attention_backend, "transformer_impl": args.transformer_impl,
+                       "core_attention": core_attention_name(model), "adam_impl": args.adam_impl,
+                       "adam_kernel": adam_kernel(optimizer), "recompute_granularity": args.recompute_granularity,
+                       "micro_batch_size": args.micro_batch_size},
+            "profile_top_kernels": top_kernels,
             "tokens_per_step": tokens_per_step,
             "padded_vocab_size": args.padded_vocab_size,
             "model_flops_per_token": flops_per_token,
@@ -241,13 +308,11 @@ def main(argv=None) -> None:
             "step_ms_median": median,
             "step_ms_all": step_ms,
             "loss_only_fwd_bwd_ms_median": loss_ms,
-            "mile_overhead_vs_cross_entropy_pct": 100 * (fastest["mile"] / fastest["cross_entropy"] - 1),
-            "mile_overhead_vs_megatron_ce_pct": 100 * (fastest["mile"] / fastest["megatron_ce"] - 1),
+            "mile_overhead_vs_cross_entropy_pct": overhead("cross_entropy"),
+            "mile_overhead_vs_megatron_ce_pct": overhead("megatron_ce"),
             "mile_overhead_paired_median_pct": paired,
-            "loss_only_mile_minus_cross_entropy_pct_of_step":
-                100 * (loss_ms["mile"] - loss_ms["cross_entropy"]) / median["cross_entropy"],
-            "loss_only_mile_minus_megatron_ce_pct_of_step":
-                100 * (loss_ms["mile"] - loss_ms["megatron_ce"]) / median["megatron_ce"],
+            "loss_only_mile_minus_cross_entropy_pct_of_step": loss_share("cross_entropy"),
+            "loss_only_mile_minus_megatron_ce_pct_of_step": loss_share("megatron_ce"),
         }
         out = own.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"train_{'gpu' if torch.cuda.is_available() else 'cpu'}.json")
@@ -255,16 +320,21 @@ def main(argv=None) -> None:
         write_json(out, result)
         print("| loss | step ms (min) | step ms (median) | tokens/s | MFU | peak GiB | loss alone fwd+bwd ms |\n"
               "|---|---|---|---|---|---|---|")
-        for arm in ARMS:
+        for arm in arms:
             mfu_text = f"{100 * mfu[arm]:.1f}%" if mfu else "-"
             peak_text = f"{peak_gib[arm]:.1f}" if peak_gib else "-"
+            loss_text = f"{loss_ms[arm]:.1f}" if loss_ms else "-"
             print(f"| {arm} | {fastest[arm]:.1f} | {median[arm]:.1f} | {tokens_per_s[arm]:.0f} | {mfu_text} | "
-                  f"{peak_text} | {loss_ms[arm]:.1f} |")
-        print(f"MiLe step-time overhead (fastest steps): {result['mile_overhead_vs_cross_entropy_pct']:+.2f}% vs "
-              f"--loss cross_entropy, {result['mile_overhead_vs_megatron_ce_pct']:+.2f}% vs megatron-core's CE; "
-              f"paired per-round median {paired['cross_entropy']:+.2f}% / {paired['megatron_ce']:+.2f}%; "
-              f"loss alone: {result['loss_only_mile_minus_cross_entropy_pct_of_step']:+.2f}% / "
-              f"{result['loss_only_mile_minus_megatron_ce_pct_of_step']:+.2f}% of a step")
+                  f"{peak_text} | {loss_text} |")
+        print("levers: " + ", ".join(f"{k} {v}" for k, v in result["levers"].items()))
+        if set(ARMS) <= set(arms) and loss_ms:
+            print(f"MiLe step-time overhead (fastest steps): {result['mile_overhead_vs_cross_entropy_pct']:+.2f}% "
+                  f"vs --loss cross_entropy, {result['mile_overhead_vs_megatron_ce_pct']:+.2f}% vs megatron-core's "
+                  f"CE; paired per-round median {paired['cross_entropy']:+.2f}% / {paired['megatron_ce']:+.2f}%; "
+                  f"loss alone: {result['loss_only_mile_minus_cross_entropy_pct_of_step']:+.2f}% / "
+                  f"{result['loss_only_mile_minus_megatron_ce_pct_of_step']:+.2f}% of a step")
+        for row in top_kernels or []:
+            print(f"  {row['share_pct']:5.1f}%  {row['self_ms']:9.2f} ms  {row['name'][:100]}")
         print(f"wrote {out}")
     destroy_distributed(created)
 
