@@ -88,6 +88,16 @@ class InteropError(ValueError):
     """A model, checkpoint or directory that cannot be converted faithfully (the message names it)."""
 
 
+def _require_transformers_5() -> None:
+    """transformers 4 spells the rotary base ``rope_theta`` and the dtype ``torch_dtype``: a silent
+    default there would give another model, so refuse instead."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise InteropError(f"needs transformers >= 5 (installed: {transformers.__version__}); "
+                           f"pip install -U 'transformers>=5'")
+
+
 @dataclass
 class LlamaShape:
     """What the weight mapping needs to know about the model."""
@@ -399,6 +409,7 @@ def export_checkpoint(load: str, output: str, iteration: Optional[int] = None) -
     from megatron_mile.data.tokenizers import build_tokenizer
     from megatron_mile.training.checkpointing import load_args, load_model_for_eval
 
+    _require_transformers_5()
     try:
         args, path = load_args(load, iteration)
     except (OSError, ValueError) as exc:
@@ -497,6 +508,7 @@ def import_checkpoint(hf_dir: str, save: str, tensor_model_parallel_size: int = 
     from megatron_mile.training import checkpointing
     from megatron_mile.training.arguments import ConfigError, parse_args, transformer_config_from_args
 
+    _require_transformers_5()
     config_file = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_file):
         raise InteropError(f"--hf {hf_dir}: no config.json there")
