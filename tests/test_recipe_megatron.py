@@ -175,8 +175,14 @@ def gpt2_dataset(tmp_path_factory):
     preprocess.main(["--input", str(corpus), "--output-prefix", str(work / "gpt"), "--tokenizer-type",
                      "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges, "--append-eod",
                      "--workers", "1"])
+    other = work / "other.jsonl"  # a second dataset for the per-split blends
+    other.write_text("".join('{"text": "%s"}\n' % " ".join(reversed(t.split())) for t in texts[:120]))
+    preprocess.main(["--input", str(other), "--output-prefix", str(work / "other"), "--tokenizer-type",
+                     "GPT2BPETokenizer", "--vocab-file", vocab, "--merge-file", merges, "--append-eod",
+                     "--workers", "1"])
     return {"$DATA_PATH": str(work / "gpt_text_document"), "$VOCAB_FILE": vocab, "$MERGE_FILE": merges,
-            "$CHECKPOINT_PATH": str(work / "ckpt"), "$TENSORBOARD_LOGS_PATH": str(work / "tb")}
+            "$CHECKPOINT_PATH": str(work / "ckpt"), "$TENSORBOARD_LOGS_PATH": str(work / "tb"),
+            "other": str(work / "other_text_document")}
 
 
 # The recipe's sizes scaled to two CPU processes; every other value as the recipe has it.
@@ -231,3 +237,29 @@ def test_gpt3_recipe_trains_with_mile_on_cpu(dist_pool, gpt2_dataset):
             assert after[5] == before[5]  # the schedule did not advance
     assert all(math.isfinite(t[4]) for t in train) and all(math.isfinite(v) for v in valid)
     assert checkpoints == [3, 6]
+
+
+def _valid_sets(argv):
+    from megatron_mile.pretrain_gpt import pretrain
+
+    result = pretrain(argv)
+    return len(result.train), sorted({v["dataset"] for v in result.valid}), [v["lm_loss"] for v in result.valid]
+
+
+def test_separate_split_blends(dist_pool, gpt2_dataset):
+    """--train-data-path / --valid-data-path instead of --data-path + --split: training reads its
+    blend, validation the other one whole, reported as a blend and per dataset."""
+    common = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+              "--micro-batch-size", "1", "--global-batch-size", "2", "--lr", "1e-3", "--train-iters", "2",
+              "--eval-iters", "2", "--eval-interval", "2", "--vocab-file", gpt2_dataset["$VOCAB_FILE"],
+              "--merge-file", gpt2_dataset["$MERGE_FILE"], "--num-workers", "0"]
+    train, other = gpt2_dataset["$DATA_PATH"], gpt2_dataset["other"]
+    iterations, names, losses = dist_pool.run(
+        _valid_sets, common + ["--train-data-path", train, "--valid-data-path", "1", train, "2", other])[0]
+    assert iterations == 2 and names == ["all", "gpt", "other"] and all(math.isfinite(x) for x in losses)
+    for bad, message in ((["--valid-data-path", other], "need --train-data-path"),
+                         (["--train-data-path", train], "needs --valid-data-path"),
+                         (["--train-data-path", train, "--valid-data-path", other, "--data-path", train],
+                          "give exactly one of --data-path")):
+        with pytest.raises(ConfigError, match=message):
+            parse_args(common + bad)
