@@ -52,7 +52,6 @@ given, else ``initial``.
 The plain reference is ``reference.reference_emo``.
 """
 
-import dataclasses
 from typing import NamedTuple, Optional
 
 import torch
@@ -261,21 +260,28 @@ class EMO(Loss):
 
 
 def load_output_weight(checkpoint_dir: str, model) -> torch.Tensor:
-    """This rank's ``[V/tp, h]`` rows of the output layer stored in a megatron-mile checkpoint, float32
-    (dist-checkpointing reshards them to this layout). Collective over the ranks that call it."""
-    from megatron.core import dist_checkpointing
+    """This rank's ``[V/tp, h]`` rows of the output layer stored in a megatron-mile checkpoint (its
+    ``output_layer.weight``, or its word embeddings when they were tied), float32. Read by this rank
+    alone (no collective, whatever the layout that saved it): the whole ``[V, h]`` matrix, then this
+    rank's rows."""
+    import torch.distributed.checkpoint as dcp
 
     from megatron_mile.training.checkpointing import load_args
 
-    saved_args, path = load_args(checkpoint_dir)
-    vocab = model.output_weight().size(0) * model.pg_collection.tp.size()
-    if getattr(saved_args, "padded_vocab_size", vocab) != vocab:
-        raise ValueError(f"--emo-cost-checkpoint {checkpoint_dir}: its padded vocabulary "
-                         f"({saved_args.padded_vocab_size}) differs from this model's ({vocab})")
-    state = model.sharded_state_dict()
-    entry = state.get("output_layer.weight", state.get("embedding.word_embeddings.weight"))
-    fresh = dataclasses.replace(entry, data=torch.empty_like(entry.data))  # never load into the live weights
-    return dist_checkpointing.load({"cost": fresh}, path)["cost"].detach().float().clone()
+    _, path = load_args(checkpoint_dir)
+    local = model.output_weight()
+    tp_rank, tp_size = model.pg_collection.tp.rank(), model.pg_collection.tp.size()
+    reader = dcp.FileSystemReader(path)
+    stored = reader.read_metadata().state_dict_metadata
+    key = "output_layer.weight" if "output_layer.weight" in stored else "embedding.word_embeddings.weight"
+    shape = tuple(stored[key].size)
+    if shape != (local.size(0) * tp_size, local.size(1)):
+        raise ValueError(f"--emo-cost-checkpoint {checkpoint_dir}: its {key} is {list(shape)}, this model's output "
+                         f"layer is [{local.size(0) * tp_size}, {local.size(1)}] (padded vocabulary, hidden size)")
+    full = torch.empty(shape, dtype=stored[key].properties.dtype)
+    dcp.load({key: full}, storage_reader=reader, no_dist=True)
+    rows = local.size(0)
+    return full[tp_rank * rows:(tp_rank + 1) * rows].float().clone()
 
 
 LOSS = EMO()
