@@ -259,10 +259,11 @@ def read_checkpoint_files(load_dir: str, iteration: int) -> tuple:
     from torch.distributed.checkpoint import FileSystemReader
 
     path = checkpoint_name(load_dir, iteration)
+    json_files = {}
     for name in ("metadata.json", ARGS_FILE):
         try:
             with open(os.path.join(path, name)) as f:
-                saved = json.load(f)
+                json_files[name] = json.load(f)
         except (OSError, ValueError) as exc:
             raise _unreadable(load_dir, iteration, name, exc) from None
     try:
@@ -282,7 +283,7 @@ def read_checkpoint_files(load_dir: str, iteration: int) -> tuple:
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as exc:  # noqa: BLE001 - torch.load's errors (zip, pickle, EOF) have no common base
         raise _unreadable(load_dir, iteration, "common.pt", exc) from None
-    return common, saved
+    return common, json_files[ARGS_FILE]
 
 
 def padded_vocab_size_for_resume(args: argparse.Namespace, vocab_size: int, padded: int) -> int:
