@@ -324,3 +324,16 @@ def test_a_split_shorter_than_one_sample_is_a_config_error(tmp_path):
     parse_args(weighted + ["--split", "90,10,0"], world_size=1)
     with pytest.raises(ConfigError, match=r"validation split .* holds 0 tokens, less than any token"):
         parse_args(weighted + ["--split", "95,5,0"], world_size=1)  # 0.5 of 10 documents rounds to none
+
+
+def test_context_parallelism_needs_transformer_engine_attention(monkeypatch):
+    from megatron_mile.training import arguments
+
+    with pytest.raises(ConfigError, match="--context-parallel-size 2 needs transformer-engine attention"):
+        args_of("--context-parallel-size 2", world_size=2)
+    # With transformer-engine present, the data path is what is missing (one line, no hang later).
+    monkeypatch.setattr(arguments, "cuda_available", lambda: True)
+    monkeypatch.setattr(arguments, "transformer_engine_available", lambda: True)
+    with pytest.raises(ConfigError, match="does not split sequences over context-parallel ranks"):
+        args_of("--context-parallel-size 2 --transformer-impl transformer_engine --distributed-backend gloo",
+                world_size=2)
