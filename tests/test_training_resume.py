@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_resume_with_another_schedule(dist_pool, tmp_path):
 
 
 # --------------------------------------------------------------------------- 3. preemption
-PREEMPT = [*TP2PP2, "--vocab-size", "255", "--model-style", "llama", "--train-iters", "30"]
+PREEMPT = [*TP2PP2, "--vocab-size", "255", "--model-style", "llama", "--train-iters", "16"]
 
 
 def _launch(flags, world, logs):
@@ -192,7 +193,7 @@ def test_sigterm_saves_at_the_iteration_reached_and_resume_continues(dist_pool, 
     out = "".join(lines) + out
     assert codes == [0, 0, 0, 0], (codes, out[-2000:], open(tmp_path / "rank3.err").read()[-3000:])
     reached = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
-    assert 2 <= reached < 30
+    assert 2 <= reached < 16
     exit_lines = [line for line in out.splitlines() if "exiting at iteration" in line]
     assert exit_lines == [f"> exiting at iteration {reached} (received SIGTERM (--exit-signal-handler)); "
                           f"checkpoint {os.path.join(save, f'iter_{reached:07d}')}"], out[-2000:]
@@ -203,7 +204,7 @@ def test_sigterm_saves_at_the_iteration_reached_and_resume_continues(dist_pool, 
     open(os.path.join(save, "iter_0000099.tmp", "common.pt"), "w").close()
     full, _ = run(dist_pool, PREEMPT, tp=2, pp=2)
     resumed, saved = run(dist_pool, PREEMPT + ["--load", save, "--save", save], tp=2, pp=2)
-    assert [m[0] for m in resumed] == list(range(reached + 1, 31)) and saved == [30]
+    assert [m[0] for m in resumed] == list(range(reached + 1, 17)) and saved == [16]
     _match(resumed, full, 1e-5)
     assert not os.path.exists(os.path.join(save, "iter_0000099.tmp"))
 
@@ -251,11 +252,23 @@ def test_slurm_example_asks_for_the_signal_and_passes_the_flag(tmp_path):
 
 
 # --------------------------------------------------------------------------- 6. unreadable checkpoints
+UNREADABLE = ["--vocab-size", "255", "--train-iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def complete_checkpoint(dist_pool, tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("complete") / "ckpt")
+    run(dist_pool, UNREADABLE + ["--save", save, "--save-iters", "1"])
+    return save
+
+
 @pytest.mark.parametrize("victim", ["__0_0.distcp", "common.pt", ".metadata", "args.json"])
-def test_truncated_checkpoint_names_directory_iteration_and_file(dist_pool, tmp_path, victim):
+def test_truncated_checkpoint_names_directory_iteration_and_file(dist_pool, complete_checkpoint, tmp_path, victim):
+    """The latest checkpoint (iteration 2) has a truncated file: stop naming it, never fall back to
+    iteration 1."""
     save = str(tmp_path / "ckpt")
-    flags = ["--vocab-size", "255", "--train-iters", "2"]
-    run(dist_pool, flags + ["--save", save, "--save-iters", "1"])
+    shutil.copytree(complete_checkpoint, save)
+    flags = UNREADABLE
     path = os.path.join(save, "iter_0000002", victim)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
