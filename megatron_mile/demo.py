@@ -121,8 +121,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.remove(log_json)  # this run's log only
     _step("4/4 training (the same flags work with torchrun and TP/PP/DP flags):")
     print("mile-pretrain " + " ".join(shlex.quote(f) for f in flags), flush=True)
-    from megatron_mile.pretrain_gpt import pretrain
+    from megatron_mile.training.logger import fused_path_notice
 
+    with fused_path_notice():  # megatron-core's "transformer-engine / apex not installed" as one line
+        from megatron_mile.pretrain_gpt import pretrain
     result = pretrain(flags)
 
     losses = [m["lm_loss"] for m in result.train]
