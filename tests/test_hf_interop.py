@@ -131,6 +131,37 @@ def test_exported_tokenizer_encodes_as_sentencepiece(dist_pool, checkpoints, tex
         assert json.load(f)["eos_token_id"] == sp.eos_id()
 
 
+def test_transformer_engine_names_map_like_the_local_spec():
+    """A state dict with the transformer-engine spec's names (the layer norms fused into
+    linear_qkv / linear_fc1, renamed as megatron-core's own local-spec key map says, plus TE's
+    _extra_state) exports to the same weights as the local spec's."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from megatron_mile.interop.hf_llama import LlamaShape, megatron_to_hf_weights
+
+    shape = LlamaShape(num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=4, tied_embeddings=False)
+    generator = torch.Generator().manual_seed(0)
+    local = {"embedding.word_embeddings.weight": torch.randn(12, 16, generator=generator),
+             "decoder.final_layernorm.weight": torch.randn(16, generator=generator),
+             "output_layer.weight": torch.randn(12, 16, generator=generator)}
+    for i in range(2):
+        for name, size in (("input_layernorm.weight", (16,)), ("self_attention.linear_qkv.weight", (32, 16)),
+                           ("self_attention.linear_proj.weight", (16, 16)), ("pre_mlp_layernorm.weight", (16,)),
+                           ("mlp.linear_fc1.weight", (48, 16)), ("mlp.linear_fc2.weight", (16, 24))):
+            local[f"decoder.layers.{i}.{name}"] = torch.randn(*size, generator=generator)
+    key_map = get_gpt_layer_local_spec(normalization="RMSNorm").submodules.sharded_state_dict_keys_map
+    te = {}
+    for name, value in local.items():
+        for local_prefix, te_prefix in key_map.items():
+            name = name.replace("." + local_prefix, "." + te_prefix)
+        te[name] = value
+    te.update({f"decoder.layers.{i}.self_attention.linear_qkv._extra_state": None for i in range(2)})
+    assert te.keys() != local.keys()
+    ours, theirs = megatron_to_hf_weights(local, shape, 10), megatron_to_hf_weights(te, shape, 10)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert ours["model.embed_tokens.weight"].shape == (10, 16)  # the two padded rows dropped
+
+
 # ---------------------------------------------------------------------------------- import
 def _hf_model(directory, tokenizer_model, tied, groups, tokenizer_json):
     """A random tiny LlamaForCausalLM with the sentencepiece tokenizer, as tokenizer.json (converted
