@@ -154,3 +154,14 @@ def test_authors_entropy_clamp_bound():
     bound = vocab * 1e-8 * math.log(1e8)
     assert (gap > -1e-5).all() and (gap <= bound + 1e-5).all(), (gap.min(), gap.max(), bound)
     assert gap.max() > 0.5 * bound  # the bound is nearly reached: the clamp is not negligible here
+
+
+def test_microbatch_is_refused_for_losses_the_authors_code_does_not_define():
+    from megatron_mile.training.arguments import ConfigError, parse_args
+
+    flags = "--num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 16 --micro-batch-size 2 " \
+            "--train-iters 1 --lr 1e-3 --mock-data --mile-normalization microbatch".split()
+    for loss in ("mile", "focal", "cross_entropy", "emo"):
+        assert parse_args(flags + ["--loss", loss]).mile_normalization == "microbatch"
+    with pytest.raises(ConfigError, match="microbatch .* is defined for --loss mile, focal, cross_entropy, emo"):
+        parse_args(flags + ["--loss", "dft"])
