@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=None,
                    help="Tokenizer vocabulary size (default: read from --preprocess-stats, else max id + 1).")
     p.add_argument("--preprocess-stats", default=None,
-                   help="A mile-preprocess *_stats.json to take the vocabulary size from.")
+                   help="A mile-preprocess manifest (DIR/mile-manifests/NAME.json) to take the vocabulary size from.")
     p.add_argument("--output", required=True, help="Output prefix: writes <output>.npy and <output>.json.")
     p.add_argument("--split", default=None,
                    help="Count only one split's documents, as training's --split makes them (e.g. '90,10,0').")

@@ -3,7 +3,8 @@
 * :func:`megatron_mile.data.tokenizers.build_tokenizer`: tokenizers encoding as megatron-core's.
 * :mod:`megatron_mile.data.preprocess` (``mile-preprocess``): jsonl / jsonl.zst -> ``.bin/.idx``.
 * :mod:`megatron_mile.data.merge` (``mile-merge-datasets``): merge datasets of several runs.
-* :mod:`megatron_mile.data.blend` (``mile-blend``): ``--data-path`` blend from ``_stats.json``.
+* :mod:`megatron_mile.data.manifest`: what a run wrote (checked by every reader), staged commits.
+* :mod:`megatron_mile.data.blend` (``mile-blend``): ``--data-path`` blend from manifests.
 * :mod:`megatron_mile.data.train_tokenizer` (``mile-train-tokenizer``): sentencepiece training.
 * :func:`megatron_mile.data.corpus.write_text_corpus`: real-text corpus from installed packages.
 

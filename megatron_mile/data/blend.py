@@ -35,7 +35,7 @@ def load_datasets(manifests: list[str], key: Optional[str] = None) -> list[dict]
         datasets.extend(d for d in load_manifest(path)["datasets"]
                         if key is None or d["key"] == key)
     if key is None and len({d["key"] for d in datasets}) > 1:
-        raise ValueError(f"the stats hold several json keys {sorted({d['key'] for d in datasets})}"
+        raise ValueError(f"the manifests hold several json keys {sorted({d['key'] for d in datasets})}"
                          "; choose one with --key")
     return datasets
 

@@ -42,7 +42,7 @@ from megatron_mile.data.indexed import IndexedDatasetWriter, optimal_dtype
 from megatron_mile.data.jsonl import InputError, expand_inputs, input_size, iter_blocks
 from megatron_mile.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 
-# Reasons a line is bad; the keys of stats.json's "bad_lines".
+# Reasons a line is bad; the keys of the manifest's "bad_lines".
 BAD_JSON = "malformed_json"
 NOT_OBJECT = "not_an_object"
 MISSING_KEY = "missing_key"
