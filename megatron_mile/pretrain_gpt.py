@@ -127,6 +127,7 @@ def pretrain(args: Union[argparse.Namespace, Sequence[str]]) -> PretrainResult:
                                 vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                                args.tensor_model_parallel_size)
+    args.tokenizer_vocab_size = tokenizer.vocab_size  # EMO leaves the padding rows out (LossConfig.vocab_size)
     if args.load is not None:  # a checkpoint's padded vocabulary wins when it fits this TP size
         args.padded_vocab_size = checkpointing.padded_vocab_size_for_resume(args, tokenizer.vocab_size,
                                                                             args.padded_vocab_size)

@@ -60,10 +60,13 @@ def official_objective(variant, full_logits, target, mask, cost_embedding):
             ratio_clipped.view(target.shape))
 
 
-def body_matches_official(variant, masked, dtype, seed):
+def body_matches_official(variant, masked, dtype, seed, true_vocab=96):
+    """The fast path on a vocabulary padded from ``true_vocab`` to 96 (padding rows hold arbitrary
+    logits and cost rows) against the official formulas on the true vocabulary."""
     rank, world = _layout()
     vocab = 96
     logits, target, mask, _ = _inputs(seed, 6, 3, vocab)
+    target = target % true_vocab
     if not masked:
         mask = torch.ones_like(mask)
     logits[:2].scatter_add_(-1, target[:2].unsqueeze(-1), torch.full((2, 3, 1), 8.0, dtype=logits.dtype))  # confident
@@ -71,12 +74,14 @@ def body_matches_official(variant, masked, dtype, seed):
     cost = torch.randn(vocab, 16, generator=torch.Generator().manual_seed(seed + 1))
     shard = _shard(logits, rank, world).to(dtype).clone().requires_grad_(True)
     cost_shard = cost[rank * vocab // world:(rank + 1) * vocab // world]
-    config = LossConfig(loss="emo", params=dict(emo_variant=variant))
+    config = LossConfig(loss="emo", params=dict(emo_variant=variant), vocab_size=true_vocab)
     out = get_loss("emo").language_model_loss(config, shard * 1, target, tp_group=None, loss_mask=mask,
                                               dp_group=None, output_weight=cost_shard)
     objective = (out.weighted_ce * mask).sum() / mask.sum()
     objective.backward()
-    ref_objective, ref_loss, ref_grad, clipped = official_objective(variant, logits, target, mask, cost)
+    ref_objective, ref_loss, ref_grad, clipped = official_objective(variant, logits[..., :true_vocab], target, mask,
+                                                                    cost[:true_vocab])
+    ref_grad = torch.cat([ref_grad, torch.zeros(*ref_grad.shape[:-1], vocab - true_vocab, dtype=ref_grad.dtype)], -1)
     tol = 2e-5 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(out.weighted_ce.double() * mask, ref_loss, rtol=tol, atol=tol)
     torch.testing.assert_close(objective.double(), ref_objective, rtol=tol, atol=tol)
@@ -93,6 +98,11 @@ def test_matches_official_formulas(dist_pool, tp, variant, masked):
     results = dist_pool.run(body_matches_official, variant, masked, torch.float32, 17 + tp, tp=tp)
     if variant == "continual":  # the inputs exercise both sides of the clip at 3
         assert results[0] == (True, True)
+
+
+@pytest.mark.parametrize("tp,true_vocab", [(1, 90), (2, 90), (4, 90), (4, 70)])  # (4, 70): a slice all padding
+def test_padding_rows_change_nothing(dist_pool, tp, true_vocab):
+    dist_pool.run(body_matches_official, "continual", True, torch.float32, 23, true_vocab, tp=tp)
 
 
 def test_bf16_matches_official_formulas(dist_pool):

@@ -1,7 +1,7 @@
 """Configuration of the language-model loss: which registered loss, its parameters, how it is normalised."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from megatron_mile.losses.registry import LOSS_NAMES, NORMALIZATIONS, get_loss
 
@@ -32,6 +32,12 @@ class LossConfig:
 
     check_inputs: bool = True
     """Validate target range, shapes and dtypes before any collective (one min/max per call)."""
+
+    vocab_size: Optional[int] = None
+    """The tokenizer's vocabulary size, when the logits have more rows (megatron pads the vocabulary to
+    a multiple of ``--make-vocab-size-divisible-by x TP``). EMO leaves the padding rows out of its
+    distribution and cost, as the official code (no padding) does; the weighted cross entropies keep
+    megatron's convention (padding rows are ordinary softmax rows). None: every row counts."""
 
     kernel: str = "auto"
     """How the logits are swept: 'triton' (one read forward, one read and write backward; see

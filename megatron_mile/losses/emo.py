@@ -87,11 +87,12 @@ def _unit_rows(weight: torch.Tensor) -> torch.Tensor:
 
 class _VocabParallelEMO(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vocab_parallel_logits, target, output_weight, tp_group, chunk_tokens):
+    def forward(ctx, vocab_parallel_logits, target, output_weight, tp_group, chunk_tokens, vocab_size):
         steps = VocabParallelWeightedCrossEntropy
         rank, world = _group_rank_size(tp_group)
         width = vocab_parallel_logits.size(-1)
-        steps.check_inputs(vocab_parallel_logits, target, width * world)
+        vocab_size = width * world if vocab_size is None else vocab_size
+        steps.check_inputs(vocab_parallel_logits, target, vocab_size)
         if output_weight.dim() != 2 or output_weight.size(0) != width:
             raise ValueError(f"output_weight {tuple(output_weight.shape)} must be this rank's [V/tp = {width}, h] "
                              f"slice of the output layer")
@@ -99,6 +100,9 @@ class _VocabParallelEMO(torch.autograd.Function):
         logits_2d = buffer.view(-1, width)
         target_1d = target.reshape(-1).long()
         unit = _unit_rows(output_weight).to(logits_2d.device)
+        first_padded = max(0, vocab_size - rank * width)
+        if first_padded < width:  # padding rows: no probability (exp(min - M) = 0), so no cost and no gradient
+            logits_2d[:, first_padded:] = torch.finfo(logits_2d.dtype).min
 
         rows, cols = steps.owned_targets(target_1d, rank * width, width)
         target_unit = torch.zeros(target_1d.numel(), unit.size(1), dtype=torch.float32, device=unit.device)
@@ -157,7 +161,7 @@ class _VocabParallelEMO(torch.autograd.Function):
             local_rows = (target_col[sl] >= 0).nonzero().squeeze(-1)
             grad[local_rows, target_col[sl][local_rows]] -= grad_ce[sl][local_rows]
             logits_2d[sl] = grad.to(logits_2d.dtype)
-        return buffer, None, None, None, None
+        return buffer, None, None, None, None, None
 
 
 def vocab_parallel_emo(
@@ -166,6 +170,7 @@ def vocab_parallel_emo(
     output_weight: torch.Tensor,
     tp_group: Optional[dist.ProcessGroup] = None,
     chunk_tokens: Optional[int] = None,
+    vocab_size: Optional[int] = None,
 ) -> EmoTerms:
     """Cross entropy, EMO and predicted entropy per token, never gathering the vocabulary.
 
@@ -177,6 +182,9 @@ def vocab_parallel_emo(
         tp_group: tensor-parallel group (anything with ``rank()`` and ``size()`` that the collectives
             accept); defaults to megatron's.
         chunk_tokens: tokens per chunk (bounds the ``[chunk, V/tp]`` float32 scratch).
+        vocab_size: the tokenizer's vocabulary; the rows at or above it (megatron's padding) take no
+            part: no probability, no cost, zero gradient, as in the official code, which has no
+            padding. None: every row counts.
 
     Returns:
         :class:`EmoTerms` ``(ce, emo, entropy)``, float32 ``[s, b]``; ``ce`` and ``emo`` differentiable;
@@ -185,7 +193,7 @@ def vocab_parallel_emo(
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(vocab_parallel_logits.size(-1), vocab_parallel_logits.device)
     return EmoTerms(*_VocabParallelEMO.apply(vocab_parallel_logits, target, output_weight, _tp_group(tp_group),
-                                             chunk_tokens))
+                                             chunk_tokens, vocab_size))
 
 
 def emo_training_loss(variant: str, ce: torch.Tensor, emo: torch.Tensor,
@@ -253,7 +261,7 @@ class EMO(Loss):
             model.frozen_output_weight = load_output_weight(config.params["emo_cost_checkpoint"], model)
 
     def language_model_loss(self, config, logits, labels, *, tp_group, loss_mask, dp_group, output_weight):
-        terms = vocab_parallel_emo(logits, labels, output_weight, tp_group=tp_group)
+        terms = vocab_parallel_emo(logits, labels, output_weight, tp_group=tp_group, vocab_size=config.vocab_size)
         ce = terms.ce.detach()
         loss = emo_training_loss(config.params["emo_variant"], terms.ce, terms.emo, loss_mask)
         return WeightedCrossEntropy(loss, torch.ones_like(ce), ce, terms.entropy)

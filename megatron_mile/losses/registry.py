@@ -193,4 +193,5 @@ def loss_config_from_args(args, **overrides):
 
     loss = get_loss(args.loss)
     return LossConfig(loss=args.loss, params={p.name: getattr(args, p.name) for p in loss.params},
-                      normalization=args.mile_normalization, **overrides)
+                      normalization=args.mile_normalization,
+                      vocab_size=getattr(args, "tokenizer_vocab_size", None), **overrides)
