@@ -31,6 +31,9 @@ P5  dist_checkpointing writes its files in the training process (:func:`write_ch
     queue factory (``_get_write_results_queue`` -> ``get_write_results_queue``) and replaced the
     per-file processes by threads (``write_preloaded_data_multiproc`` ->
     ``write_preloaded_data_multithread``), which need no patch. Same files, same format.
+P6  Activation recompute (``tensor_parallel.checkpoint``) saves and restores the CUDA generator's
+    state besides the CPU one and the tracker's; without CUDA its get/set do nothing
+    (:func:`_ignore_cuda_generator_in_recompute`).
 
 Every patch first checks its target with :func:`_patch_target`: the name exists, takes the
 parameters the replacement relies on, and is the one megatron-core's caller reads (a renamed target
