@@ -7,11 +7,15 @@
 #
 # 1. the environment (GPU, driver, torch, megatron-core, transformer-engine) -> gpu_env.txt
 # 2. loss alone, megatron-core's vocab_parallel_cross_entropy vs MiLe / focal -> loss_bench_gpu.json
+# 2b. output layer + loss: megatron's vs the fused one (--fused-output-loss, no logits), bf16,
+#    8192 x 4096 x 128256 and 8192 x 1024 x 32000 -> linear_loss_bench_gpu.json
 # 3. training steps of the paper's 468M LLaMA, megatron CE / --loss cross_entropy / --loss mile
 #    cycled in one run: tokens/s, MFU, peak memory, the top kernels of one MiLe step -> train_gpu.json
 #    (the defaults: SDPA core attention, fused AdamW without transformer-engine / apex)
 # 3b. the same before the throughput levers (megatron's unfused attention, foreach AdamW)
 #    -> train_gpu_before.json; and with selective recompute at micro-batch 16 -> train_gpu_recompute.json
+# 3c. MiLe steps of the same model with --fused-output-loss -> train_gpu_fused.json (tokens/s, peak
+#    memory; compare with the mile arm of train_gpu.json)
 # 4. pretrain: the launcher (examples/pretrain_mile_single_node.sh) training the 468M model on one
 #    GPU with CE, then MiLe, PRETRAIN_ITERS iterations -> pretrain_<loss>.jsonl (tokens/s, memory)
 # 5. the `gpu`-marked tests (NCCL, bf16, transformer-engine spec, launch script, distributed
@@ -20,7 +24,8 @@
 set -uo pipefail
 
 RESULTS_DIR=${RESULTS_DIR:-bench/results}
-STEPS=${STEPS:-environment loss_bench train_bench train_before train_recompute pretrain gpu_tests}  # which to run
+# which steps to run
+STEPS=${STEPS:-environment loss_bench linear_loss_bench train_bench train_before train_recompute train_fused pretrain gpu_tests}
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}     # seconds per step
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-8}
 GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-64}
@@ -64,6 +69,9 @@ cat '${RESULTS_DIR}/gpu_env.txt'"
 step loss_bench python3 bench/loss_bench.py --device cuda --tokens 8192 --vocab 32000 128256 --reps 20 \
     --output "${RESULTS_DIR}/loss_bench_gpu.json"
 
+step linear_loss_bench python3 bench/linear_loss_bench.py --device cuda --reps 10 \
+    --output "${RESULTS_DIR}/linear_loss_bench_gpu.json"
+
 MODEL_468M=(--num-layers 24 --hidden-size 1024 --ffn-hidden-size 4096 --num-attention-heads 16
     --seq-length 1024 --max-position-embeddings 1024 --vocab-size 31999 --bf16)
 step train_bench python3 bench/train_bench.py --steps "${TRAIN_STEPS}" --loss-repeats 10 --profile-top 15 \
@@ -81,6 +89,11 @@ step train_recompute python3 bench/train_bench.py --steps 4 --loss-repeats 0 \
     --arms cross_entropy mile --out "${RESULTS_DIR}/train_gpu_recompute.json" "${MODEL_468M[@]}" \
     --micro-batch-size $((2 * MICRO_BATCH_SIZE)) --global-batch-size "${GLOBAL_BATCH_SIZE}" \
     --recompute-activations
+
+# MiLe with the output layer fused into the loss (no [tokens, vocab] logits).
+step train_fused python3 bench/train_bench.py --steps 4 --loss-repeats 0 --arms mile --fused-output-loss \
+    --out "${RESULTS_DIR}/train_gpu_fused.json" "${MODEL_468M[@]}" \
+    --micro-batch-size "${MICRO_BATCH_SIZE}" --global-batch-size "${GLOBAL_BATCH_SIZE}"
 
 # The 468M model through the launcher, CE then MiLe (checkpoints into a scratch directory).
 step pretrain bash -c "set -euo pipefail
