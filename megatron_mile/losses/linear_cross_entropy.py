@@ -23,9 +23,10 @@ Per rank (``output_weight`` holds this rank's ``V/tp`` rows, as the output layer
 
 The per-block statistics and gradient are the loss kernels' own: chunked ATen ops on CPU,
 the Triton kernels of :mod:`megatron_mile.losses.triton_kernels` on CUDA (``LossConfig.kernel``);
-matrix products are torch's (cuBLAS / oneDNN). Extra memory: one block in the input dtype (plus
-its float32 scratch on the torch path), the ``[tokens, h]`` float32 ``dX`` accumulator, one
-``[chunk_vocab, h]`` float32 ``dW`` accumulator and a few ``[tokens]`` vectors.
+matrix products are torch's (cuBLAS / oneDNN). Extra memory beside the gradients returned: one
+block in the input dtype (plus its float32 scratch on the torch path) and a few ``[tokens]``
+vectors; for 16-bit inputs also the ``[tokens, h]`` float32 ``dX`` accumulator and one
+``[chunk_vocab, h]`` float32 ``dW`` accumulator (float32 inputs accumulate in the gradients).
 
 The plain reference, :func:`reference_linear_weighted_cross_entropy`, multiplies out the full
 logits in float64 and hands them to :mod:`megatron_mile.losses.reference`.
@@ -187,9 +188,9 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
         n_tokens, width = hidden_2d.size(0), output_weight.size(0)
         fp32 = hidden_2d.dtype == torch.float32
         grad_hidden = torch.zeros(n_tokens, hidden_2d.size(1), dtype=torch.float32, device=hidden_2d.device)
-        grad_weight = torch.empty_like(output_weight)
-        grad_weight_chunk = torch.empty(min(ctx.chunk_vocab, width), output_weight.size(1), dtype=torch.float32,
-                                        device=output_weight.device)
+        grad_weight = torch.empty_like(output_weight)  # fp32: accumulated in place, chunk by chunk
+        grad_weight_chunk = None if fp32 else torch.empty(min(ctx.chunk_vocab, width), output_weight.size(1),
+                                                          dtype=torch.float32, device=output_weight.device)
         for v0 in range(0, width, ctx.chunk_vocab):
             v1 = min(v0 + ctx.chunk_vocab, width)
             weight_chunk = output_weight[v0:v1]
