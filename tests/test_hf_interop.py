@@ -403,3 +403,21 @@ def test_import_refuses_what_megatron_llama_cannot_express(tmp_path, capsys, cha
     assert exit_info.value.code == 2 and err.startswith("mile-import-hf: error:") and "\n" not in err
     assert expected in err, err
     assert not os.path.exists(tmp_path / "ckpt")
+
+
+def test_import_refusal_after_the_tokenizer_copy_leaves_save_unused(tmp_path, text, capsys):
+    """A tokenizer with more tokens than the model has embedding rows is found once the tokenizer is
+    copied into --save: the refusal leaves --save as it was (empty), so the fixed re-run can use it."""
+    from megatron_mile.interop.cli import import_main
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8, "intermediate_size": 16,
+         "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 300}))
+    shutil.copyfile(text[0], tmp_path / "hf" / "tokenizer.model")
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(SystemExit):
+        import_main(["--hf", str(tmp_path / "hf"), "--save", str(tmp_path / "ckpt")])
+    assert f"the tokenizer has {VOCAB} tokens, the model only 300 embedding rows" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "ckpt") == []
+

@@ -431,15 +431,19 @@ def export_checkpoint(load: str, output: str, iteration: Optional[int] = None) -
     tmp = output.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a crashed export
     os.makedirs(tmp)
-    note, bos = _save_tokenizer(args, tokenizer, tmp)
-    config = llama_config_from_args(args, tokenizer.vocab_size, bos, tokenizer.eod, dtype)
-    with torch.device("meta"):
-        hf_model = LlamaForCausalLM(config)
-    hf_model.load_state_dict(weights, strict=True, assign=True)
-    if config.tie_word_embeddings:
-        hf_model.lm_head.weight = hf_model.model.embed_tokens.weight
-    hf_model.save_pretrained(tmp)
-    GenerationConfig(bos_token_id=bos, eos_token_id=tokenizer.eod).save_pretrained(tmp)
+    try:
+        note, bos = _save_tokenizer(args, tokenizer, tmp)
+        config = llama_config_from_args(args, tokenizer.vocab_size, bos, tokenizer.eod, dtype)
+        with torch.device("meta"):
+            hf_model = LlamaForCausalLM(config)
+        hf_model.load_state_dict(weights, strict=True, assign=True)
+        if config.tie_word_embeddings:
+            hf_model.lm_head.weight = hf_model.model.embed_tokens.weight
+        hf_model.save_pretrained(tmp)
+        GenerationConfig(bos_token_id=bos, eos_token_id=tokenizer.eod).save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.isdir(output):
         os.rmdir(output)  # empty (checked above)
     os.rename(tmp, output)
@@ -525,46 +529,55 @@ def import_checkpoint(hf_dir: str, save: str, tensor_model_parallel_size: int = 
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if dist.is_initialized():
         dist.barrier()  # every rank has checked --save before rank 0 writes into it
-    if rank0:
-        flags = _hf_tokenizer_flags(hf_dir, tokenizer_dir)
-    if dist.is_initialized():
-        shared = [flags if rank0 else None]
-        dist.broadcast_object_list(shared, src=0)
-        flags = shared[0]
-    flags += _training_flags(config, tensor_model_parallel_size, make_vocab_size_divisible_by,
-                             seq_length or config.max_position_embeddings)
+    existed = os.path.isdir(save)
     try:
-        args = parse_args(flags)
-    except ConfigError as exc:
-        raise InteropError(f"{hf_dir}: {exc}") from None
-    tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model)
-    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, make_vocab_size_divisible_by,
-                                               tensor_model_parallel_size)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size} "
-                           f"embedding rows")
-    if config.vocab_size > args.padded_vocab_size:
-        raise InteropError(f"the model has {config.vocab_size} embedding rows, more than the padded vocabulary "
-                           f"({args.padded_vocab_size}) of its tokenizer's {tokenizer.vocab_size} tokens; raise "
-                           f"--make-vocab-size-divisible-by")
-    args.transformer_impl = "local"  # the checkpoint does not depend on it (megatron maps TE names)
+        if rank0:
+            flags = _hf_tokenizer_flags(hf_dir, tokenizer_dir)
+        if dist.is_initialized():
+            shared = [flags if rank0 else None]
+            dist.broadcast_object_list(shared, src=0)
+            flags = shared[0]
+        flags += _training_flags(config, tensor_model_parallel_size, make_vocab_size_divisible_by,
+                                 seq_length or config.max_position_embeddings)
+        try:
+            args = parse_args(flags)
+        except ConfigError as exc:
+            raise InteropError(f"{hf_dir}: {exc}") from None
+        tokenizer = build_tokenizer(args.tokenizer_type, tokenizer_model=args.tokenizer_model)
+        args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, make_vocab_size_divisible_by,
+                                                   tensor_model_parallel_size)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size} "
+                               f"embedding rows")
+        if config.vocab_size > args.padded_vocab_size:
+            raise InteropError(f"the model has {config.vocab_size} embedding rows, more than the padded vocabulary "
+                               f"({args.padded_vocab_size}) of its tokenizer's {tokenizer.vocab_size} tokens; raise "
+                               f"--make-vocab-size-divisible-by")
+        args.transformer_impl = "local"  # the checkpoint does not depend on it (megatron maps TE names)
 
-    hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True)
-    weights = hf_to_megatron_weights(hf_model.state_dict(), LlamaShape.from_hf_config(config), args.padded_vocab_size)
-    del hf_model
+        hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True)
+        weights = hf_to_megatron_weights(hf_model.state_dict(), LlamaShape.from_hf_config(config),
+                                         args.padded_vocab_size)
+        del hf_model
 
-    checkpointing._init_single_process()
-    platform.adapt_megatron_to_cpu()
-    tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
-    build_args = argparse.Namespace(**vars(args))
-    build_args.tensor_model_parallel_size = 1
-    model_config = transformer_config_from_args(build_args)
-    model_config.perform_initialization = False  # every weight comes from the Hugging Face model
-    model = gpt_model_from_args(build_args, model_config)
-    model.load_state_dict(weights, strict=True)
-    # Weights only: no optimizer state, which load_checkpoint recognises (as Megatron-LM's
-    # converted "release" checkpoints: the optimizer and RNG start afresh).
-    path = checkpointing.save_checkpoint(save, 0, [model], None, None, args, consumed_samples=0)
+        checkpointing._init_single_process()
+        platform.adapt_megatron_to_cpu()
+        tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
+        build_args = argparse.Namespace(**vars(args))
+        build_args.tensor_model_parallel_size = 1
+        model_config = transformer_config_from_args(build_args)
+        model_config.perform_initialization = False  # every weight comes from the Hugging Face model
+        model = gpt_model_from_args(build_args, model_config)
+        model.load_state_dict(weights, strict=True)
+        # Weights only: no optimizer state, which load_checkpoint recognises (as Megatron-LM's
+        # converted "release" checkpoints: the optimizer and RNG start afresh).
+        path = checkpointing.save_checkpoint(save, 0, [model], None, None, args, consumed_samples=0)
+    except BaseException:
+        if rank0:  # --save was new or empty: leave it so (a fixed re-run must not find it used)
+            shutil.rmtree(save, ignore_errors=True)
+            if existed:
+                os.makedirs(save)
+        raise
     if rank0:
         print(f"> imported {hf_dir} ({config.num_hidden_layers} layers, vocabulary {tokenizer.vocab_size} padded "
               f"to {args.padded_vocab_size} for TP {tensor_model_parallel_size}) into {path}", flush=True)
