@@ -53,7 +53,12 @@ def _loss_fn(name, emo_weight=None):
 
         config = LossConfig(loss="mile", kernel="torch")
         return lambda z, y: vocab_parallel_weighted_cross_entropy(z, y, config).weighted_ce
-    return lambda z, y: vocab_parallel_focal_cross_entropy(z, y)[0]
+    if name == "focal":
+        return lambda z, y: vocab_parallel_focal_cross_entropy(z, y)[0]
+    from megatron_mile.losses import LossConfig, vocab_parallel_weighted_cross_entropy  # any registered loss
+
+    config = LossConfig(loss=name)
+    return lambda z, y: vocab_parallel_weighted_cross_entropy(z, y, config).weighted_ce
 
 
 def _peak_rss_reset():
@@ -78,7 +83,7 @@ def _interleaved(names, reps, once):
     return runs
 
 
-def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0):
+def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0, extra_losses=()):
     from megatron.core import parallel_state as ps
 
     torch.set_num_threads(threads)
@@ -91,7 +96,7 @@ def body(tokens, vocab, dtype_name, threads, reps, emo_hidden=None, seed=0):
     del full
     target = torch.randint(0, vocab, (tokens, 1), generator=gen)
     upstream = torch.ones(tokens, 1)
-    names = LOSSES + (("emo",) if emo_hidden else ())
+    names = LOSSES + tuple(extra_losses) + (("emo",) if emo_hidden else ())
     emo_weight = torch.randn(width, emo_hidden, generator=gen) if emo_hidden else None
     fns = {name: _loss_fn(name, emo_weight) for name in names}
     group = ps.get_tensor_model_parallel_group()
@@ -187,15 +192,16 @@ def _row(per_rank, **fields):
     return row
 
 
-def run_grid(tokens, vocab, reps, tps, threads_list, dtypes, emo_hidden=None):
+def run_grid(tokens, vocab, reps, tps, threads_list, dtypes, emo_hidden=None, extra_losses=()):
     rows = []
     for tp in tps:
         with DistributedPool(tp, threads_per_rank=1) as pool:
             for dtype in dtypes:
                 for threads in threads_list:
-                    per_rank = pool.run(body, tokens, vocab, dtype, threads, reps, emo_hidden, tp=tp)
+                    per_rank = pool.run(body, tokens, vocab, dtype, threads, reps, emo_hidden, 0, tuple(extra_losses),
+                                        tp=tp)
                     row = _row(per_rank, tp=tp, dtype=dtype, threads_per_rank=threads, tokens=tokens, vocab=vocab,
-                               reps=reps)
+                               reps=reps, extra_losses=list(extra_losses))
                     rows.append(row)
                     print(_table_row(row), flush=True)
     return rows
@@ -211,7 +217,9 @@ def _table_row(row):
             + (f" {row['mile_torch']['median_ms']:.2f} ({row['mile_torch']['time_ratio_to_megatron']:.2f}x)"
                f" {row['mile_torch']['peak_extra_mib']:.0f} |" if "mile_torch" in row else "")
             + (f" EMO {row['emo']['median_ms']:.1f} ({row['emo']['time_ratio_to_megatron']:.2f}x)"
-               f" {row['emo']['peak_extra_mib']:.0f} MiB |" if "emo" in row else ""))
+               f" {row['emo']['peak_extra_mib']:.0f} MiB |" if "emo" in row else "")
+            + "".join(f" {n} {row[n]['median_ms']:.2f} ({row[n]['time_ratio_to_megatron']:.2f}x)"
+                      f" {row[n]['peak_extra_mib']:.0f} MiB |" for n in row.get("extra_losses", ())))
 
 
 TABLE_HEADER = ("| dtype | vocab | TP | threads/rank | megatron CE ms | MiLe ms (ratio) | focal ms (ratio) | "
@@ -236,6 +244,9 @@ def main(argv=None):
     parser.add_argument("--emo-hidden", type=int, default=None,
                         help="CPU grid: also time EMO (ce + emo, vocab_parallel_emo) with output weights of this "
                              "hidden size.")
+    parser.add_argument("--losses", nargs="+", default=[],
+                        help="CPU grid: also time these registered losses (megatron_mile.losses.LOSS_NAMES: dft, "
+                             "eslm, ...) through vocab_parallel_weighted_cross_entropy.")
     parser.add_argument("--output", default=None,
                         help="Default: bench/results/loss_bench.json (CPU) or loss_bench_gpu.json (CUDA).")
     args = parser.parse_args(argv)
@@ -247,7 +258,8 @@ def main(argv=None):
     if cuda:
         rows = run_cuda_grid(tokens, args.vocab, args.reps, args.dtypes)
     else:
-        rows = run_grid(tokens, args.vocab[0], args.reps, args.tp, args.threads, args.dtypes, args.emo_hidden)
+        rows = run_grid(tokens, args.vocab[0], args.reps, args.tp, args.threads, args.dtypes, args.emo_hidden,
+                        args.losses)
     result = dict(
         benchmark="loss_bench", torch=torch.__version__, cpu=_cpu_name(), nproc=os.cpu_count(),
         device=torch.cuda.get_device_name() if cuda else "cpu",
