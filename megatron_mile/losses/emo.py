@@ -25,16 +25,16 @@ logits ``[s, b, V/tp]`` and of the cost rows ``[V/tp, h]`` (megatron's layouts):
 Training objectives (``--emo-variant``; per token ``t``, ``mle = ce``, ``sg`` = detached, masked
 positions (``loss_mask`` = 0) get 0 and enter no ratio; the objective is the masked token mean):
 
-==================  ===========================================================  =========================================
-variant             per-token loss                                               official file (mode)
-==================  ===========================================================  =========================================
-``lm`` (default)    ``0.5 (mle + sg(mle / (emo + 1e-10)) emo)``                   ``language_modeling/gpt2.py`` (``emo``)
-``lm_adaptive``     the same with ``emo' = emo + sg(q_y)``, cost = current head   ``language_modeling/gpt2.py`` (``adaptive_emo``)
-``continual``       ``0.5 (min(sg(mle / (emo' + 1e-10)), 3) emo' + mle)``         ``continual_finetuning/emo_llama.py`` (``EMOLlamaForCausalLM``)
-``continual_emo2``  ``sg(emo' / (mle + 1e-10)) mle + emo'``                       ``continual_finetuning/emo_llama.py`` (``EMOLlama2ForCausalLM``)
-``batch_ratio``     ``0.5 (mle + r emo)``, ``r = sg(sum mle / sum emo)`` over      none: this project's earlier form (a departure)
-                    the micro-batch's counted tokens
-==================  ===========================================================  =========================================
+* ``lm`` (default): ``0.5 (mle + sg(mle / (emo + 1e-10)) emo)``;
+  ``language_modeling/gpt2.py``, mode ``emo``;
+* ``lm_adaptive``: the same with ``emo' = emo + sg(q_y)`` and the current head as cost;
+  ``language_modeling/gpt2.py``, mode ``adaptive_emo``;
+* ``continual``: ``0.5 (min(sg(mle / (emo' + 1e-10)), 3) emo' + mle)``;
+  ``continual_finetuning/emo_llama.py``, ``EMOLlamaForCausalLM``;
+* ``continual_emo2``: ``sg(emo' / (mle + 1e-10)) mle + emo'``;
+  ``continual_finetuning/emo_llama.py``, ``EMOLlama2ForCausalLM``;
+* ``batch_ratio``: ``0.5 (mle + r emo)`` with ``r = sg(sum mle / sum emo)`` over the micro-batch's
+  counted tokens; no official file: this project's earlier form, a departure.
 
 ``emo' = emo + sg(q_y)``: the official code subtracts the target's own probability, detached, from
 ``q`` before the product (``q - sg(q * onehot)``), which adds ``q_y c_yy = q_y`` to the value and

@@ -368,9 +368,8 @@ def vocab_parallel_cross_entropy_with_entropy(vocab_parallel_logits, target, tp_
 
 def vocab_parallel_mile_cross_entropy(vocab_parallel_logits, target, gamma=1.0, sigma=1.0, tp_group=None):
     """MiLe: ``(weighted_ce, weight)`` with ``weight = (sigma + entropy)^gamma`` (no gradient)."""
-    out = vocab_parallel_weighted_cross_entropy(
-        vocab_parallel_logits, target, LossConfig(loss="mile", params=dict(mile_gamma=gamma, mile_sigma=sigma)), tp_group
-    )
+    config = LossConfig(loss="mile", params=dict(mile_gamma=gamma, mile_sigma=sigma))
+    out = vocab_parallel_weighted_cross_entropy(vocab_parallel_logits, target, config, tp_group)
     return out.weighted_ce, out.weight
 
 
