@@ -1,6 +1,6 @@
 """GPT pretraining on megatron-core with token-difficulty-aware losses: the training loop, top to bottom.
 
-Launch (flags are Megatron-LM's, plus ``--loss {cross_entropy,mile,focal}`` and friends)::
+Launch (flags are Megatron-LM's, plus ``--loss {cross_entropy,mile,focal,dft,eslm,emo}`` and friends)::
 
     torchrun --nproc-per-node 8 -m megatron_mile.pretrain_gpt \\
         --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --loss mile ...
