@@ -6,6 +6,7 @@ import glob
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from megatron_mile.training import logger as logger_module
 from megatron_mile.training.arguments import ConfigError, parse_args, validate_runtime
 
 WORLD_SIZE = 1
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ("--num-layers 2 --hidden-size 32 --num-attention-heads 2 --seq-length 16 --micro-batch-size 2 "
         "--global-batch-size 2 --lr 1e-3 --train-iters 3 --mock-data --vocab-size 127 --log-interval 1 "
@@ -199,7 +201,6 @@ def test_eval_downstream_takes_a_moved_tokenizer(dist_pool, tmp_path):
     """args.json stores the tokenizer's absolute path; when the file has moved, eval_downstream
     says so and --tokenizer-model points it to the new place."""
     from megatron_mile.data.small_tokenizers import train_small_sentencepiece
-    from megatron_mile.evaluation.downstream import main as eval_main
 
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"text": f"the token {i % 7} follows the token {i % 5} in line {i}"}) + "\n"
@@ -216,8 +217,12 @@ def test_eval_downstream_takes_a_moved_tokenizer(dist_pool, tmp_path):
     os.rename(model, moved)
     task = tmp_path / "task.jsonl"
     task.write_text('{"context": "the token", "choices": [" 1", " 2"], "label": 0}\n')
-    common = ["--load", str(tmp_path / "ckpt"), "--task", f"t={task}", "--output", str(tmp_path / "r.json")]
-    with pytest.raises(SystemExit, match=f"cannot load .*{model}.*--tokenizer-model"):
-        eval_main(common)
-    assert eval_main(common + ["--tokenizer-model", str(moved)]) in (0, None)
+    # In subprocesses: the tool creates a process group, which must not outlive it in this one.
+    common = [os.path.join(ROOT, "tools", "eval_downstream.py"), "--load", str(tmp_path / "ckpt"), "--task",
+              f"t={task}", "--output", str(tmp_path / "r.json")]
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    proc, _ = _python(*common, env=env)
+    assert proc.returncode != 0 and re.search(f"cannot load .*{re.escape(model)}.*--tokenizer-model", proc.stderr)
+    proc, _ = _python(*common, "--tokenizer-model", str(moved), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "r.json").read_text())["tasks"]["t"]
