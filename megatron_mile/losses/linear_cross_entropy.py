@@ -49,11 +49,12 @@ from megatron_mile.losses.vocab_parallel import (
     default_chunk_tokens,
 )
 
-# Logit elements per block, and the widest vocabulary chunk. CPU: 4M floats (16 MiB of fp32 block)
-# keeps the matrix products efficient while the block stays far below the unfused logits; GPU:
-# 64M elements (128 MiB in bf16), 1024 tokens x 64K vocabulary, large enough for cuBLAS.
-BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
-MAX_CHUNK_VOCAB = {"cpu": 8192, "cuda": 1 << 16}
+# Logit elements per block, and the widest vocabulary chunk. CPU: 2M floats (8 MiB of fp32 block),
+# 1024 tokens x 2048 vocabulary, the fastest of the shapes tried for the backward's three products
+# (512-2048 tokens x 1K-32K vocabulary, 2 cores); GPU: 64M elements (128 MiB in bf16), 1024 tokens x
+# 64K vocabulary, large enough for cuBLAS.
+BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
+MAX_CHUNK_VOCAB = {"cpu": 2048, "cuda": 1 << 16}
 
 
 def default_chunks(n_tokens: int, vocab_partition_size: int, device: torch.device) -> Tuple[int, int]:
@@ -121,6 +122,13 @@ class LinearCrossEntropySteps:
         return grad if grad.dtype == block.dtype else block.copy_(grad)
 
 
+def _block_buffer(hidden_2d: torch.Tensor, chunk_tokens: int, chunk_vocab: int):
+    """``block(t0, t1, v0, v1)``: a contiguous ``[t1 - t0, v1 - v0]`` view of one reused buffer, so a
+    block never outlives the next one."""
+    buffer = torch.empty(chunk_tokens * chunk_vocab, dtype=hidden_2d.dtype, device=hidden_2d.device)
+    return lambda t0, t1, v0, v1: buffer[: (t1 - t0) * (v1 - v0)].view(t1 - t0, v1 - v0)
+
+
 def _block_target_columns(target_col: torch.Tensor, vocab_begin: int, vocab_end: int) -> torch.Tensor:
     """Per row, the target's column within the vocabulary chunk ``[begin, end)``, -1 elsewhere."""
     inside = (target_col >= vocab_begin) & (target_col < vocab_end)
@@ -143,12 +151,13 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=hidden_2d.device)
         local_max, sum_exp, sum_shifted_exp = (torch.empty(n_tokens, **f32) for _ in range(3))
         target_logit = torch.zeros(n_tokens, **f32)
+        block_view = _block_buffer(hidden_2d, min(chunk_tokens, n_tokens), min(chunk_vocab, width))
         for v0 in range(0, width, chunk_vocab):
             v1 = min(v0 + chunk_vocab, width)
             weight_chunk = output_weight[v0:v1]
             for t0 in range(0, n_tokens, chunk_tokens):
                 t1 = min(t0 + chunk_tokens, n_tokens)
-                block = hidden_2d[t0:t1] @ weight_chunk.T
+                block = torch.matmul(hidden_2d[t0:t1], weight_chunk.T, out=block_view(t0, t1, v0, v1))
                 in_block = _block_target_columns(target_col[t0:t1], v0, v1)
                 owned = (in_block >= 0).nonzero().squeeze(-1)
                 target_logit[t0 + owned] = block[owned, in_block[owned]].float()  # before the sweep
@@ -191,6 +200,7 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
         grad_weight = torch.empty_like(output_weight)  # fp32: accumulated in place, chunk by chunk
         grad_weight_chunk = None if fp32 else torch.empty(min(ctx.chunk_vocab, width), output_weight.size(1),
                                                           dtype=torch.float32, device=output_weight.device)
+        block_view = _block_buffer(hidden_2d, min(ctx.chunk_tokens, n_tokens), min(ctx.chunk_vocab, width))
         for v0 in range(0, width, ctx.chunk_vocab):
             v1 = min(v0 + ctx.chunk_vocab, width)
             weight_chunk = output_weight[v0:v1]
@@ -200,7 +210,8 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
                 t1 = min(t0 + ctx.chunk_tokens, n_tokens)
                 x = hidden_2d[t0:t1]
                 block = LinearCrossEntropySteps.block_gradient_(
-                    x @ weight_chunk.T, log_normalizer[t0:t1], coefficient[t0:t1],
+                    torch.matmul(x, weight_chunk.T, out=block_view(t0, t1, v0, v1)), log_normalizer[t0:t1],
+                    coefficient[t0:t1],
                     _block_target_columns(target_col[t0:t1], v0, v1), ctx.use_triton,
                 )
                 if fp32:  # accumulate straight into the outputs
