@@ -95,6 +95,18 @@ class FoundCheckpoint:
     """What to log when there is nothing to load (empty otherwise)."""
 
 
+def _checkpoint_files() -> tuple:
+    """Files dist_checkpointing writes into every checkpoint besides the shards: megatron-core up to
+    0.18 keeps the common state in ``common.pt``; 0.19 stores it inside the torch_dist shards."""
+    from packaging.version import Version
+
+    from megatron_mile.platform import megatron_core_version
+
+    if Version(megatron_core_version()) >= Version("0.19"):
+        return ("metadata.json",)
+    return ("metadata.json", "common.pt")
+
+
 def find_checkpoint(load_dir: str) -> FoundCheckpoint:
     """What ``--load load_dir`` resumes from, as Megatron-LM decides it (no collective, no model).
 
@@ -121,7 +133,7 @@ def find_checkpoint(load_dir: str) -> FoundCheckpoint:
     if not os.path.isdir(path):
         raise CheckpointError(f"--load {load_dir}: {TRACKER_FILE} names iteration {iteration}, but {path} "
                               f"does not exist")
-    missing = [name for name in ("metadata.json", "common.pt") if not os.path.isfile(os.path.join(path, name))]
+    missing = [name for name in _checkpoint_files() if not os.path.isfile(os.path.join(path, name))]
     if missing:
         raise CheckpointError(f"--load {load_dir}: checkpoint {path} is incomplete (no {', '.join(missing)})")
     return FoundCheckpoint(iteration, "")
