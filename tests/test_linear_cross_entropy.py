@@ -9,6 +9,8 @@ do not divide the tokens), so every merge and accumulation path runs; the Triton
 (the GPU path) run here through triton's interpreter.
 """
 
+import re
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -261,3 +263,17 @@ def test_training_with_and_without_the_flag_agrees(dist_pool, layout, loss, flag
     assert len(fused) == len(unfused) == 3
     for got, want in zip(fused, unfused):
         assert got[0] == want[0] and all(abs(a - b) <= 1e-4 for a, b in zip(got[1:], want[1:])), (got, want)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--loss", "emo"], "--fused-output-loss needs a weighted cross-entropy loss; --loss emo reads the logits"),
+    (["--use-distributed-optimizer", "--overlap-param-gather"],
+     "--fused-output-loss does not support --overlap-param-gather"),
+])
+def test_flag_rejects_what_it_cannot_fuse(flags, words):
+    from megatron_mile.training.arguments import ConfigError, parse_args
+    from tests.test_training_parallel import TINY
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        parse_args(TINY + ["--train-iters", "3", "--fused-output-loss"] + flags)
+    assert parse_args(TINY + ["--train-iters", "3", "--fused-output-loss"]).fused_output_loss
