@@ -841,19 +841,17 @@ def iterations_for_samples(args: argparse.Namespace) -> int:
 
 
 def global_batch_size_at(args: argparse.Namespace, consumed_samples: int) -> int:
-    """The global batch size of the step that starts after ``consumed_samples`` (megatron-core's
-    ``RampupBatchsizeNumMicroBatchesCalculator`` with ``--rampup-batch-size``, else constant)."""
+    """The global batch size of the step that starts after ``consumed_samples``: constant, or with
+    ``--rampup-batch-size START INCREMENT SAMPLES`` Megatron-LM's ramp (START, raised by INCREMENT
+    every ``SAMPLES / ((global - START) / INCREMENT)`` consumed samples, the full size once more than
+    SAMPLES are consumed). Written out here because megatron-core 0.18 replaced its ramp calculator."""
     if args.rampup_batch_size is None:
         return args.global_batch_size
-    from megatron.core.num_microbatches_calculator import RampupBatchsizeNumMicroBatchesCalculator
-
     start, increment, ramp_samples = args.rampup_batch_size
-    calculator = RampupBatchsizeNumMicroBatchesCalculator(
-        args.global_batch_size, args.micro_batch_size, args.data_parallel_size,
-        decrease_batch_size_if_needed=False, rank=-1, start_global_batch_size=start,
-        batch_size_increment=increment, ramup_samples=ramp_samples)
-    calculator.update(consumed_samples, consistency_check=True)
-    return calculator.get_current_global_batch_size()
+    if consumed_samples > ramp_samples or ramp_samples == 0:
+        return args.global_batch_size
+    samples_per_increment = ramp_samples / ((args.global_batch_size - start) // increment)
+    return min(start + int(consumed_samples / samples_per_increment) * increment, args.global_batch_size)
 
 
 def save_iterations(args: argparse.Namespace) -> set:
