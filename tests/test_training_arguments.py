@@ -255,7 +255,7 @@ def test_load_from_nothing_starts_from_scratch(tmp_path):
 @pytest.mark.parametrize("setup, message", [
     ({"latest_checkpointed_iteration.txt": "7"}, "names iteration 7, but .*iter_0000007 does not exist"),
     ({"latest_checkpointed_iteration.txt": "7", "iter_0000007/args.json": "{}"},
-     "iter_0000007 is incomplete \\(no metadata.json, common.pt\\)"),
+     "iter_0000007 is incomplete \\(no metadata.json"),
     ({"latest_checkpointed_iteration.txt": "seven"}, "should hold an iteration number, found 'seven'"),
     ({"iter_0000004/args.json": "{}"}, "has checkpoints \\(iterations \\[4\\]\\) but no latest_checkpointed_iteration.txt"),
 ])

