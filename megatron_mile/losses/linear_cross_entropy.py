@@ -46,6 +46,7 @@ from megatron_mile.losses.vocab_parallel import (
     _group_rank_size,
     _tp_group,
     _use_triton,
+    combine_over_tensor_parallel_ranks,
     default_chunk_tokens,
 )
 
@@ -169,18 +170,8 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
                 else:
                     block_steps.merge_statistics(running, block_stats)
 
-        if world > 1:
-            global_max = local_max.clone()
-            dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
-            steps.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
-        else:
-            global_max = local_max
-        target_shifted = torch.zeros_like(sum_exp)
-        target_shifted[rows] = target_logit[rows] - global_max[rows]
-        if world > 1:
-            stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted))
-            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
-            sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
+        global_max, _, sum_exp, sum_shifted_exp, target_shifted = combine_over_tensor_parallel_ranks(
+            local_max, sum_exp, sum_shifted_exp, rows, target_logit[rows], tp_group, world)
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
         weight = token_weight(config, TokenStats(ce, entropy, p_target), loss_mask_1d, dp_group)

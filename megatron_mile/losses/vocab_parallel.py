@@ -240,6 +240,29 @@ class VocabParallelWeightedCrossEntropy:
         return exp_2d
 
 
+def combine_over_tensor_parallel_ranks(local_max, sum_exp, sum_shifted_exp, rows, target_logit, tp_group,
+                                       world: int):
+    """The two collectives: MAX of the slices' maxima ``M``, then one SUM of the stacked
+    ``[S, A, z_y - M]`` after rescaling each slice's ``s, a`` to ``M`` (in place).
+
+    ``rows`` / ``target_logit``: the rows whose target this rank owns and their target logits.
+    Returns ``(M, s', S, A, z_y - M)``; ``s'`` is this slice's rescaled sum (its share of ``S``)."""
+    if world > 1:
+        global_max = local_max.clone()
+        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
+        VocabParallelWeightedCrossEntropy.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
+    else:
+        global_max = local_max
+    local_sum_exp = sum_exp
+    target_shifted = torch.zeros_like(sum_exp)
+    target_shifted[rows] = target_logit - global_max[rows]
+    if world > 1:
+        stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted))
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
+        sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
+    return global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted
+
+
 def _use_triton(kernel: str, logits: torch.Tensor) -> bool:
     if kernel == "torch":
         return False
@@ -274,19 +297,8 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
         else:  # the logits now hold the slice's softmax
             local_max, sum_exp, sum_shifted_exp = steps.local_statistics(logits_2d, chunk_tokens)
 
-        if world > 1:
-            global_max = local_max.clone()
-            dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
-            steps.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
-        else:
-            global_max = local_max
-        local_sum_exp = sum_exp
-        target_shifted = torch.zeros_like(sum_exp)
-        target_shifted[rows] = target_logit - global_max[rows]
-        if world > 1:
-            stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted))
-            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
-            sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
+        global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted = combine_over_tensor_parallel_ranks(
+            local_max, sum_exp, sum_shifted_exp, rows, target_logit, tp_group, world)
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
         mask_1d = None if loss_mask is None else loss_mask.reshape(-1)
