@@ -64,6 +64,7 @@ from megatron_mile.losses.vocab_parallel import (
     WeightedCrossEntropy,
     _group_rank_size,
     _tp_group,
+    combine_over_tensor_parallel_ranks,
     default_chunk_tokens,
 )
 
@@ -117,20 +118,9 @@ class _VocabParallelEMO(torch.autograd.Function):
         local_max, sum_exp, sum_shifted_exp, sum_p_similarity = steps.local_statistics(
             logits_2d, chunk_tokens, similarity_sum)
         sum_exp_similarity = sum_p_similarity * sum_exp
-        if world > 1:
-            global_max = local_max.clone()
-            dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
-            steps.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
-            sum_exp_similarity.mul_(torch.exp(local_max - global_max))
-        else:
-            global_max = local_max
-        local_sum_exp = sum_exp
-        target_shifted = torch.zeros_like(sum_exp)
-        target_shifted[rows] = target_logit - global_max[rows]
-        if world > 1:
-            stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted, sum_exp_similarity))
-            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
-            sum_exp, sum_shifted_exp, target_shifted, sum_exp_similarity = stacked.unbind(0)
+        global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted, (sum_exp_similarity,) = \
+            combine_over_tensor_parallel_ranks(local_max, sum_exp, sum_shifted_exp, rows, target_logit, tp_group,
+                                               world, extra_row_sums=(sum_exp_similarity,))
 
         ce, entropy, _ = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
         expected_similarity = sum_exp_similarity / sum_exp

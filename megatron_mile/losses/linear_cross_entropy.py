@@ -170,7 +170,7 @@ class _VocabParallelLinearWeightedCrossEntropy(torch.autograd.Function):
                 else:
                     block_steps.merge_statistics(running, block_stats)
 
-        global_max, _, sum_exp, sum_shifted_exp, target_shifted = combine_over_tensor_parallel_ranks(
+        global_max, _, sum_exp, sum_shifted_exp, target_shifted, _ = combine_over_tensor_parallel_ranks(
             local_max, sum_exp, sum_shifted_exp, rows, target_logit[rows], tp_group, world)
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)

@@ -241,26 +241,33 @@ class VocabParallelWeightedCrossEntropy:
 
 
 def combine_over_tensor_parallel_ranks(local_max, sum_exp, sum_shifted_exp, rows, target_logit, tp_group,
-                                       world: int):
+                                       world: int, extra_row_sums: Tuple[torch.Tensor, ...] = ()):
     """The two collectives: MAX of the slices' maxima ``M``, then one SUM of the stacked
-    ``[S, A, z_y - M]`` after rescaling each slice's ``s, a`` to ``M`` (in place).
+    ``[S, A, z_y - M, *extra]`` after rescaling each slice's ``s, a`` to ``M`` (in place).
 
     ``rows`` / ``target_logit``: the rows whose target this rank owns and their target logits.
-    Returns ``(M, s', S, A, z_y - M)``; ``s'`` is this slice's rescaled sum (its share of ``S``)."""
+    ``extra_row_sums``: further per-row sums of ``exp(z - m) * f(z)`` a loss needs (EMO), rescaled
+    to ``M`` in place and summed in the same collective.
+    Returns ``(M, s', S, A, z_y - M, extra)``; ``s'`` is this slice's rescaled sum (its share of ``S``)."""
     if world > 1:
         global_max = local_max.clone()
         dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
+        if extra_row_sums:
+            factor = torch.exp(local_max - global_max)
+            for extra in extra_row_sums:
+                extra.mul_(factor)
         VocabParallelWeightedCrossEntropy.rescale_to_global_max(local_max, global_max, sum_exp, sum_shifted_exp)
     else:
         global_max = local_max
     local_sum_exp = sum_exp
     target_shifted = torch.zeros_like(sum_exp)
     target_shifted[rows] = target_logit - global_max[rows]
+    extra = tuple(extra_row_sums)
     if world > 1:
-        stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted))
+        stacked = torch.stack((sum_exp, sum_shifted_exp, target_shifted, *extra))
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=tp_group)
-        sum_exp, sum_shifted_exp, target_shifted = stacked.unbind(0)
-    return global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted
+        sum_exp, sum_shifted_exp, target_shifted, *extra = stacked.unbind(0)
+    return global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted, tuple(extra)
 
 
 def _use_triton(kernel: str, logits: torch.Tensor) -> bool:
@@ -297,7 +304,7 @@ class _VocabParallelWeightedCrossEntropy(torch.autograd.Function):
         else:  # the logits now hold the slice's softmax
             local_max, sum_exp, sum_shifted_exp = steps.local_statistics(logits_2d, chunk_tokens)
 
-        global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted = combine_over_tensor_parallel_ranks(
+        global_max, local_sum_exp, sum_exp, sum_shifted_exp, target_shifted, _ = combine_over_tensor_parallel_ranks(
             local_max, sum_exp, sum_shifted_exp, rows, target_logit, tp_group, world)
 
         ce, entropy, p_target = steps.token_terms(sum_exp, sum_shifted_exp, target_shifted)
