@@ -33,15 +33,18 @@ source "${REPO}/examples/configs/real_text_data.sh"
 : "${CLOZE_ITEMS:=400}"
 
 if [[ "${PRESET}" == cpu ]]; then
-    # The demo's real text (~4 MB of installed docs, licenses and code, six pseudo-domains), a
-    # 2048-piece BPE, the walkthrough's 2-layer model: 256 steps of 16 x 128 tokens per run.
+    # The demo's real text (~4 MB of the standard library's and the required dependencies' docs,
+    # licenses and code, five pseudo-domains at this size), a
+    # 2048-piece BPE, a 4 x 192 LLaMA-style model (the largest for which the 15 runs and their
+    # evaluation fit 40 minutes on 2 CPU cores with a margin: 21 min measured, docs/replication.md): 256 steps
+    # of 16 x 128 tokens per run.
     : "${WORK:=/tmp/mile_replicate_small}"
     : "${CORPUS_MB:=4}"
     : "${VOCAB:=2048}"
     : "${SPLIT:=80,20,0}"
-    : "${LAYERS:=2}"
-    : "${HIDDEN:=128}"
-    : "${FFN:=512}"
+    : "${LAYERS:=4}"
+    : "${HIDDEN:=192}"
+    : "${FFN:=768}"
     : "${HEADS:=4}"
     : "${SEQ_LENGTH:=128}"
     : "${MICRO_BATCH:=16}"
