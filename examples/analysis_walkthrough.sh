@@ -23,7 +23,8 @@ source "${REPO}/examples/configs/real_text_data.sh"
 : "${WORK:=/tmp/mile_analysis_walkthrough}"
 : "${FIGURES:=${WORK}/figures}"
 : "${PYTHON:=python}"
-# Data: ~4 MB of installed docs, licenses and code, six pseudo-domains, no document repeated (so
+# Data: ~4 MB of the standard library's and the required dependencies' docs, licenses and code,
+# one pseudo-domain per source (five at 4 MB), no document repeated (so
 # the held-out documents are never trained on); a 2048-piece BPE so that the rare tail is populated.
 : "${CORPUS_MB:=4}"
 : "${VOCAB:=2048}"

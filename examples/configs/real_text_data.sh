@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by analysis_walkthrough.sh and replicate_small.sh: the README demo's real-text corpus
-# (installed docs, licenses and code in six pseudo-domains), a sentencepiece BPE trained on it and
+# (the standard library's and the required dependencies' docs, licenses and code, one pseudo-domain
+# per source), a sentencepiece BPE trained on it and
 # one Megatron indexed dataset per domain, each step skipped when its output exists.
 #
 # prepare_real_text_data: reads WORK, PYTHON, CORPUS_MB, VOCAB (and DRY_RUN, run_cmd); sets

@@ -406,12 +406,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as exc:
             raise SystemExit(f"eval_downstream: task {name}: {exc}") from None
 
-    from megatron_mile.data.tokenizers import build_tokenizer
-    from megatron_mile.training.checkpointing import load_model_for_eval
+    from megatron_mile.training.logger import fused_path_notice
 
     dtype_name = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     try:
-        model, train_args = load_model_for_eval(args.load, args.iteration, dtype=getattr(torch, dtype_name))
+        with fused_path_notice():  # megatron-core's notices on import and model building: one line
+            from megatron_mile.data.tokenizers import build_tokenizer
+            from megatron_mile.training.checkpointing import load_model_for_eval
+
+            model, train_args = load_model_for_eval(args.load, args.iteration, dtype=getattr(torch, dtype_name))
         tokenizer = build_tokenizer(train_args.tokenizer_type,
                                     tokenizer_model=args.tokenizer_model or train_args.tokenizer_model,
                                     vocab_file=args.vocab_file or train_args.vocab_file,

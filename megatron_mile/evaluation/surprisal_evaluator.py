@@ -430,10 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch.distributed as dist
-    from megatron.core import parallel_state
 
-    from megatron_mile.training.checkpointing import list_checkpoints, load_args
-    from megatron_mile.training.distributed import initialize_distributed
+    from megatron_mile.training.logger import fused_path_notice
+
+    with fused_path_notice():  # megatron-core's notices on import (the model's modules too): one line
+        from megatron.core import parallel_state
+
+        import megatron_mile.model  # noqa: F401
+        from megatron_mile.training.checkpointing import list_checkpoints, load_args
+        from megatron_mile.training.distributed import initialize_distributed
 
     data = None
     if args.data_path:
